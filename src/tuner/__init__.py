@@ -1,0 +1,3 @@
+"""tuner: YAML-driven fine-tuning of causal language models."""
+
+__version__ = "0.1.0"

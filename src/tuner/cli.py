@@ -1,0 +1,120 @@
+"""Command line: argument parsing and dispatch only.
+
+Every command takes a config file and optional overrides (`--learning_rate 1e-4`).
+torch and transformers are imported inside the commands that need them, so `--help`
+and `validate` stay light.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from tuner import __version__
+from tuner.errors import UserError
+
+log = logging.getLogger("tuner")
+
+EPILOG = """\
+Any config key can be overridden after the config path, e.g.
+  tuner train config.yml --learning_rate 1e-4 --max_steps 20 --datasets.0.path data.jsonl
+"""
+
+
+def _config(args: argparse.Namespace, overrides: list[str]):
+    from tuner.config import load_config
+
+    return load_config(args.config, overrides)
+
+
+def cmd_validate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from tuner.config import dump_config
+
+    cfg = _config(args, overrides)
+    print(dump_config(cfg), end="")
+    print(f"# {args.config}: valid", file=sys.stderr)
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Only tuner's progress bar: silence transformers' per-load bars and info chatter."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
+    cfg = _config(args, overrides)
+    _quiet_libraries()
+    from tuner.data.pipeline import prepare
+    from tuner.models.load import load_tokenizer, resolve_base, tokenizer_files
+
+    base = resolve_base(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, base)
+    prepared = prepare(cfg, tokenizer, tokenizer_files(cfg.model, base))
+    print(prepared.summary())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    cfg = _config(args, overrides)
+    _quiet_libraries()
+    from tuner.train.loop import train
+
+    train(cfg)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuner",
+        description="Fine-tune causal language models from one YAML config.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"tuner {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = {
+        "validate": (cmd_validate, "check a config and print it with every default filled in"),
+        "preprocess": (cmd_preprocess, "tokenize the datasets into the prepared-dataset cache"),
+        "train": (cmd_train, "train (preparing the datasets first when needed)"),
+    }
+    for name, (func, help_text) in commands.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p.add_argument("config", help="path to the YAML config")
+        p.set_defaults(func=func)
+    return parser
+
+
+def setup_logging() -> None:
+    """tuner's own messages at INFO; other libraries only warn. No progress bars but tuner's."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[tuner] %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(os.environ.get("TUNER_LOG_LEVEL", "INFO").upper())
+    log.propagate = False
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args, overrides = parser.parse_known_args(argv)
+    setup_logging()
+    try:
+        return args.func(args, overrides)
+    except UserError as err:
+        print(f"tuner: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("tuner: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,378 @@
+"""Load a YAML config: safe parsing with line numbers, command-line overrides, key routing
+to the schema blocks, and error messages that name the key, its line, the value and what
+is allowed.
+
+Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tuner.config import axolotl_keys
+from tuner.config.schema import (
+    BLOCKS,
+    DatasetConfig,
+    Problem,
+    SpecialTokens,
+    TunerConfig,
+    block_of,
+    check_rules,
+)
+from tuner.errors import UserError, did_you_mean
+
+KeyPath = tuple[Any, ...]
+COMMAND_LINE = "command line"
+
+
+class ConfigError(UserError):
+    """One or more problems in a config file, each naming key, line, value and what is allowed."""
+
+    def __init__(self, source: str, lines: list[str]):
+        self.source = source
+        self.lines = lines
+        n = len(lines)
+        head = f"{source}: {n} problem{'s' if n != 1 else ''} in the config:"
+        super().__init__("\n".join([head, *("  " + line for line in lines)]))
+
+
+@dataclass
+class RawConfig:
+    """A parsed YAML mapping plus where each key came from."""
+
+    data: dict[str, Any]
+    source: str
+    lines: dict[KeyPath, int | str] = field(default_factory=dict)
+
+    def where(self, path: KeyPath) -> str:
+        """'line 12' / 'command line' for the key path, or its nearest parent that has one."""
+        for n in range(len(path), 0, -1):
+            found = self.lines.get(tuple(path[:n]))
+            if found is not None:
+                return f"line {found}" if isinstance(found, int) else str(found)
+        return ""
+
+
+# --------------------------------------------------------------------------- YAML parsing
+
+
+def parse_yaml(text: str, source: str) -> RawConfig:
+    """Parse with yaml.SafeLoader (no Python tags), recording the line of every key."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader) if node is not None else None
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark or err.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = err.problem or str(err)
+        if isinstance(err, yaml.constructor.ConstructorError) and "tag" in problem:
+            problem += " (tuner reads YAML with safe_load: Python object tags are not allowed)"
+        raise ConfigError(source, [f"{where}not valid YAML: {problem}"]) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(source, [f"not valid YAML: {err}"]) from None
+    if data is None:
+        raise ConfigError(source, ["the file is empty; a config needs at least base_model, datasets, learning_rate"])
+    if not isinstance(data, dict):
+        raise ConfigError(source, [f"the top level must be a mapping of keys to values, got {type(data).__name__}"])
+    lines: dict[KeyPath, int | str] = {}
+    problems: list[str] = []
+    _record_lines(node, (), lines, problems)
+    if problems:
+        raise ConfigError(source, problems)
+    return RawConfig(data=data, source=source, lines=lines)
+
+
+def _record_lines(node: yaml.Node, path: KeyPath, lines: dict, problems: list[str]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key in seen:
+                problems.append(f"{_fmt_path(path + (key,))} (line {key_node.start_mark.line + 1}): duplicate key")
+            seen.add(key)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _record_lines(value_node, path + (key,), lines, problems)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines[path + (i,)] = item.start_mark.line + 1
+            _record_lines(item, path + (i,), lines, problems)
+
+
+def load_raw(path: str | Path) -> RawConfig:
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"config file not found: {p}")
+    if p.is_dir():
+        raise UserError(f"{p} is a folder; pass the path of a YAML config file")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UserError(f"{p}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except OSError as err:
+        raise UserError(f"cannot read config file {p}: {err.strerror}") from None
+    return parse_yaml(text, str(p))
+
+
+# --------------------------------------------------------------------------- overrides
+
+
+def parse_overrides(args: list[str]) -> list[tuple[KeyPath, Any]]:
+    """`--learning_rate 1e-4 --datasets.0.path x.jsonl --bf16` -> [(path, value), ...].
+
+    Values are read as YAML scalars (so `true`, `3`, `[a, b]` work); a flag without a value
+    means true. Numbers in a dotted path index into lists.
+    """
+    out: list[tuple[KeyPath, Any]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) == 2:
+            raise UserError(f"unexpected argument {arg!r}; overrides look like --learning_rate 1e-4")
+        key, eq, value = arg[2:].partition("=")
+        if not eq:
+            if i + 1 < len(args) and not args[i + 1].startswith("--"):
+                value = args[i + 1]
+                i += 1
+            else:
+                value = "true"
+        try:
+            parsed = yaml.safe_load(value) if value != "" else None
+        except yaml.YAMLError:
+            parsed = value
+        path = tuple(int(p) if p.isdigit() else p for p in key.replace("-", "_").split("."))
+        out.append((path, parsed))
+        i += 1
+    return out
+
+
+def apply_overrides(raw: RawConfig, overrides: list[tuple[KeyPath, Any]]) -> None:
+    for path, value in overrides:
+        target: Any = raw.data
+        for depth, part in enumerate(path[:-1]):
+            try:
+                target = target[part]
+            except (KeyError, IndexError, TypeError):
+                raise ConfigError(
+                    COMMAND_LINE, [f"--{'.'.join(map(str, path))}: {_fmt_path(path[: depth + 1])} does not exist in {raw.source}"]
+                ) from None
+        last = path[-1]
+        if isinstance(target, list):
+            if not isinstance(last, int) or last >= len(target):
+                raise ConfigError(COMMAND_LINE, [f"--{'.'.join(map(str, path))}: no such list item"])
+        elif not isinstance(target, dict):
+            raise ConfigError(COMMAND_LINE, [f"--{'.'.join(map(str, path))}: {_fmt_path(path[:-1])} is not a mapping"])
+        target[last] = value
+        raw.lines[path] = COMMAND_LINE
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _fmt_path(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _is_empty(value: Any) -> bool:
+    return value is None or value == "" or value == [] or value == {}
+
+
+def _unknown_key_problems(
+    mapping: dict, known: set[str], axolotl: dict[str, Any], prefix: KeyPath, what: str
+) -> list[Problem]:
+    """Unknown keys: 'not supported yet' for Axolotl's own keys, else a did-you-mean."""
+    problems = []
+    for key in list(mapping):
+        if key in known:
+            continue
+        path = prefix + (key,)
+        value = mapping[key]
+        if not isinstance(key, str):
+            problems.append(Problem(path, f"keys must be names, got {_show(key)}"))
+        elif key in axolotl:
+            if _is_empty(value) or value == axolotl[key]:
+                # Asks for nothing beyond Axolotl's default: accepted, and it changes nothing.
+                del mapping[key]
+                continue
+            problems.append(
+                Problem(path, f"{_show(value)}: an Axolotl key tuner does not support yet; remove it (or leave it empty)")
+            )
+        else:
+            hint = did_you_mean(key, sorted(known))
+            problems.append(Problem(path, f"unknown {what} key.{hint or ' See docs/config.md for the keys tuner reads.'}"))
+    return problems
+
+
+def _data_path(loc: tuple, data: Any) -> KeyPath:
+    """Keep the parts of a pydantic error location that are real keys or list indices.
+
+    Union types add their member names to the location (`bool`, `literal['auto']`,
+    `list[str]`); walking the input data tells the two apart.
+    """
+    path: list[Any] = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+            path.append(part)
+        elif isinstance(node, dict) and isinstance(part, str) and not path:
+            path.append(part)  # a missing top-level key
+            node = None
+    return tuple(path)
+
+
+REASONS = {
+    "bool_parsing": "expected true or false",
+    "bool_type": "expected true or false",
+    "int_parsing": "expected a whole number",
+    "int_from_float": "expected a whole number",
+    "int_type": "expected a whole number",
+    "float_parsing": "expected a number",
+    "float_type": "expected a number",
+    "string_type": "expected a string",
+    "list_type": "expected a list",
+    "dict_type": "expected a mapping of keys to values",
+    "model_type": "expected a mapping of keys to values",
+}
+
+
+def _reason(e: dict) -> str:
+    kind = e["type"]
+    ctx = e.get("ctx", {})
+    if kind == "literal_error":
+        names = [a or b for a, b in re.findall(r"'([^']*)'|(\w+)", ctx.get("expected", "")) if (a or b) != "or"]
+        return "expected one of " + ", ".join(names)
+    if kind in REASONS:
+        return REASONS[kind]
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if kind in bounds:
+        bound = next(iter(ctx.values()))
+        return f"must be {bounds[kind]} {bound}"
+    if kind == "too_short":
+        return f"needs at least {ctx.get('min_length')} item(s)"
+    msg = e["msg"]
+    return msg[0].lower() + msg[1:]
+
+
+def _pydantic_problems(err: ValidationError, data: dict) -> list[Problem]:
+    """One problem per key: the value, and every way it could have been valid."""
+    by_path: dict[KeyPath, list[dict]] = {}
+    for e in err.errors(include_url=False):
+        if e["type"] == "extra_forbidden":
+            continue  # reported by _unknown_key_problems, with a did-you-mean
+        by_path.setdefault(_data_path(e["loc"], data), []).append(e)
+    problems = []
+    for path, errors in by_path.items():
+        if any(e["type"] == "missing" for e in errors):
+            problems.append(Problem(path, "required key is missing"))
+            continue
+        value = errors[0].get("input")
+        reasons = list(dict.fromkeys(_reason(e) for e in errors))
+        msg = f"{_show(value)} is not valid: " + "; or ".join(reasons) + "."
+        choices = [n for e in errors if e["type"] == "literal_error" for n in _reason(e)[len("expected one of "):].split(", ")]
+        if isinstance(value, str) and choices:
+            msg += did_you_mean(value, choices)
+        problems.append(Problem(path, msg))
+    return problems
+
+
+def _check_numbers(data: Any, path: KeyPath = ()) -> list[Problem]:
+    """NaN and infinity pass pydantic's float checks (ge=0 admits inf); refuse them here."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return [Problem(path, f"{data!r} is not a finite number")]
+    if isinstance(data, dict):
+        return [p for k, v in data.items() for p in _check_numbers(v, path + (k,))]
+    if isinstance(data, list):
+        return [p for i, v in enumerate(data) for p in _check_numbers(v, path + (i,))]
+    return []
+
+
+def validate_raw(raw: RawConfig, check_class_names: bool = True) -> TunerConfig:
+    """Route flat keys to blocks, validate each, then check cross-field rules."""
+    data = dict(raw.data)
+    problems: list[Problem] = _check_numbers(data)
+
+    known_top = {k for block in BLOCKS.values() for k in block.model_fields}
+    problems += _unknown_key_problems(data, known_top, axolotl_keys.TOP_LEVEL, (), "top-level")
+
+    # Nested mappings with their own unknown-key handling.
+    if isinstance(data.get("datasets"), list):
+        data["datasets"] = [dict(d) if isinstance(d, dict) else d for d in data["datasets"]]
+        for i, ds in enumerate(data["datasets"]):
+            if isinstance(ds, dict):
+                problems += _unknown_key_problems(
+                    ds, set(DatasetConfig.model_fields), axolotl_keys.DATASET, ("datasets", i), "dataset"
+                )
+    if isinstance(data.get("special_tokens"), dict):
+        data["special_tokens"] = dict(data["special_tokens"])
+        problems += _unknown_key_problems(
+            data["special_tokens"], set(SpecialTokens.model_fields), {}, ("special_tokens",), "special_tokens"
+        )
+
+    if check_class_names:
+        from tuner.models.resolve import class_name_problems
+
+        problems += class_name_problems(data.get("model_type"), data.get("tokenizer_type"))
+
+    blocks: dict[str, BaseModel] = {}
+    for name, block in BLOCKS.items():
+        values = {k: v for k, v in data.items() if block_of(k) == name}
+        try:
+            blocks[name] = block.model_validate(values)
+        except ValidationError as err:
+            problems += _pydantic_problems(err, values)
+
+    if not problems:
+        cfg = TunerConfig(**blocks)
+        problems += check_rules(cfg)
+        if not problems:
+            return cfg
+    raise ConfigError(raw.source, [f"{_fmt_path(p.path)}{_at(raw, p.path)}: {p.message}" for p in _sorted(raw, problems)])
+
+
+def _at(raw: RawConfig, path: KeyPath) -> str:
+    where = raw.where(path)
+    return f" ({where})" if where else ""
+
+
+def _sorted(raw: RawConfig, problems: list[Problem]) -> list[Problem]:
+    def line(p: Problem) -> int:
+        found = raw.where(p.path)
+        return int(found.split()[1]) if found.startswith("line ") else 10**9
+
+    return sorted(problems, key=line)
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> TunerConfig:
+    """Read, override and validate a config file. Raises ConfigError (a UserError)."""
+    raw = load_raw(path)
+    if overrides:
+        apply_overrides(raw, parse_overrides(overrides))
+    return validate_raw(raw)
+
+
+def dump_config(cfg: TunerConfig) -> str:
+    """The resolved config as YAML, grouped by block, every default filled in."""
+    parts = []
+    for name, block in BLOCKS.items():
+        values = cfg.block_values(name)
+        parts.append(f"# --- {name} ({block.__doc__.strip().splitlines()[0]})\n")
+        parts.append(yaml.safe_dump(values, sort_keys=False, allow_unicode=True, width=100))
+    return "".join(parts)

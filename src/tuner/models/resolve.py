@@ -1,0 +1,87 @@
+"""Model and tokenizer classes by name, from transformers.
+
+Names are checked against transformers' lazy module listing (`dir(transformers)`), which
+does not import torch, so `tuner validate` catches a misspelled class name cheaply.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from tuner.config.schema import ModelBlock, Problem
+from tuner.errors import UserError, did_you_mean
+
+AUTO_MODEL = "AutoModelForCausalLM"
+AUTO_TOKENIZER = "AutoTokenizer"
+TOKENIZER_SUFFIXES = ("Tokenizer", "TokenizerFast", "TokenizersBackend", "PythonBackend")
+
+
+@lru_cache(maxsize=1)
+def _transformers_names() -> frozenset[str]:
+    import transformers
+
+    return frozenset(n for n in dir(transformers) if not n.startswith("_"))
+
+
+def _is_causal_lm(name: str) -> bool:
+    return name == AUTO_MODEL or name.endswith("ForCausalLM")
+
+
+def _is_tokenizer(name: str) -> bool:
+    return name == AUTO_TOKENIZER or name.endswith(TOKENIZER_SUFFIXES)
+
+
+def model_class_problem(name: str) -> str | None:
+    """Why `name` is not a usable causal-LM class, or None when it is."""
+    names = _transformers_names()
+    candidates = sorted(n for n in names if _is_causal_lm(n))
+    if name not in names:
+        return f"{name!r} is not a transformers class.{did_you_mean(name, candidates)}"
+    if not _is_causal_lm(name):
+        return (
+            f"{name!r} is a transformers class but not a causal language model. Supported: "
+            f"{AUTO_MODEL} or a *ForCausalLM class (e.g. LlamaForCausalLM, Qwen2ForCausalLM)."
+            f"{did_you_mean(name, candidates)}"
+        )
+    return None
+
+
+def tokenizer_class_problem(name: str) -> str | None:
+    names = _transformers_names()
+    candidates = sorted(n for n in names if _is_tokenizer(n))
+    if name not in names:
+        return f"{name!r} is not a transformers class.{did_you_mean(name, candidates)}"
+    if not _is_tokenizer(name):
+        return f"{name!r} is a transformers class but not a tokenizer. Supported: {AUTO_TOKENIZER} or a *Tokenizer class."
+    return None
+
+
+def class_name_problems(model_type: object, tokenizer_type: object) -> list[Problem]:
+    """Problems with the class names in a config (non-strings are left to the schema)."""
+    problems = []
+    if isinstance(model_type, str) and (why := model_class_problem(model_type)):
+        problems.append(Problem(("model_type",), why))
+    if isinstance(tokenizer_type, str) and (why := tokenizer_class_problem(tokenizer_type)):
+        problems.append(Problem(("tokenizer_type",), why))
+    return problems
+
+
+def get_class(name: str) -> Any:
+    import transformers
+
+    return getattr(transformers, name)
+
+
+def model_class(model: ModelBlock) -> Any:
+    name = model.model_type or AUTO_MODEL
+    if why := model_class_problem(name):
+        raise UserError(f"model_type: {why}")
+    return get_class(name)
+
+
+def tokenizer_class(model: ModelBlock) -> Any:
+    name = model.tokenizer_type or AUTO_TOKENIZER
+    if why := tokenizer_class_problem(name):
+        raise UserError(f"tokenizer_type: {why}")
+    return get_class(name)

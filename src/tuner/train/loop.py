@@ -1,0 +1,297 @@
+"""The training loop, top to bottom: setup -> model -> data -> plan -> steps -> save.
+
+One optimizer step:
+  1. take `gradient_accumulation_steps` micro-batches of this process's rows,
+  2. count their trained tokens and sum that count over all processes,
+  3. for each micro-batch, backward (summed token loss) * world_size / (step's trained tokens)
+     (DDP averages gradients over processes, hence the world_size),
+  4. clip, step the optimizer and the schedule, log.
+So the loss of a step is the sum of its token losses divided by its trained tokens: every
+trained token weighs the same, however the rows are spread over micro-batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tuner.config.schema import TrainingBlock, TunerConfig
+from tuner.data.pack import pad_batch
+from tuner.data.pipeline import prepare
+from tuner.errors import UserError
+from tuner.models.adapter import apply_lora
+from tuner.models.load import load_model, load_tokenizer, resolve_base, tokenizer_files
+from tuner.train.checkpoint import save_final
+from tuner.train.log import MetricsLog, Progress
+from tuner.train.loss import batch_loss_sum, trained_token_count
+from tuner.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger("tuner")
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+
+def cpu_has_fast_bf16() -> bool:
+    """AMX or AVX512-BF16: where bf16 matrix multiplies are faster than fp32 on this CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def mixed_precision(t: TrainingBlock) -> str:
+    """accelerate's mixed_precision: 'bf16', 'fp16' or 'no'."""
+    cuda = torch.cuda.is_available()
+    if t.fp16 is True:
+        if not cuda:
+            raise UserError("fp16: true needs a CUDA GPU; on CPU use `bf16: true` (or `auto`).")
+        return "fp16"
+    if t.bf16 is True:
+        if cuda and not torch.cuda.is_bf16_supported():
+            raise UserError("bf16: true but this GPU does not support bf16; use `fp16: true` instead.")
+        return "bf16"
+    if t.bf16 == "auto":
+        if (cuda and torch.cuda.is_bf16_supported()) or (not cuda and cpu_has_fast_bf16()):
+            return "bf16"
+    if t.fp16 == "auto" and cuda:
+        return "fp16"
+    return "no"
+
+
+@dataclass(frozen=True)
+class StepPlan:
+    """Which rows each process uses in each optimizer step.
+
+    Rows are shuffled once per epoch with `seed + epoch`. A *global* micro-batch is
+    `micro_batch_size * world_size` consecutive rows of that order; process `rank` takes
+    its slice. With several processes the order is padded by wrapping around, so every
+    process runs the same number of micro-batches.
+    """
+
+    rows: int
+    micro_batch_size: int
+    accumulation: int
+    world_size: int
+    total_steps: int
+    seed: int
+
+    @property
+    def micro_batches_per_epoch(self) -> int:
+        return math.ceil(self.rows / (self.micro_batch_size * self.world_size))
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.micro_batches_per_epoch / self.accumulation)
+
+    @classmethod
+    def build(cls, rows: int, t: TrainingBlock, world_size: int) -> StepPlan:
+        probe = cls(rows, t.micro_batch_size, t.gradient_accumulation_steps, world_size, 0, t.seed)
+        total = t.max_steps if t.max_steps is not None else math.ceil((t.num_epochs or 1) * probe.steps_per_epoch)
+        return cls(rows, t.micro_batch_size, t.gradient_accumulation_steps, world_size, max(1, total), t.seed)
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        order = torch.randperm(self.rows, generator=g).tolist()
+        per_global = self.micro_batch_size * self.world_size
+        if self.world_size > 1 and len(order) % per_global:
+            order += order[: per_global - len(order) % per_global]
+        return order
+
+    def steps(self, rank: int, start_step: int = 0) -> Iterator[tuple[int, int, list[list[int]]]]:
+        """(step, epoch, [row indices of each micro-batch of this process]) from `start_step` on."""
+        step = start_step
+        epoch, skip = divmod(start_step, self.steps_per_epoch)
+        while step < self.total_steps:
+            order = self.epoch_order(epoch)
+            per_global = self.micro_batch_size * self.world_size
+            globals_ = [order[i : i + per_global] for i in range(0, len(order), per_global)]
+            mine = [g[rank * self.micro_batch_size : (rank + 1) * self.micro_batch_size] for g in globals_]
+            groups = [mine[i : i + self.accumulation] for i in range(0, len(mine), self.accumulation)]
+            for group in groups[skip:]:
+                if step >= self.total_steps:
+                    return
+                yield step, epoch, group
+                step += 1
+            epoch, skip = epoch + 1, 0
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model: Any  # the trained model (unwrapped; a PeftModel with an adapter)
+    steps: int
+    trained_tokens: int
+    final_loss: float
+    losses: list[float]
+
+
+def _reduce_sum(accelerator: Any, value: float | int | torch.Tensor) -> float:
+    tensor = torch.as_tensor(value, dtype=torch.float64, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        tensor = accelerator.reduce(tensor, reduction="sum")
+    return float(tensor)
+
+
+def _count_params(model: torch.nn.Module) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def accumulate_gradients(model: Any, batches: list[dict[str, torch.Tensor]], accelerator: Any) -> tuple[float, float]:
+    """Backward over the micro-batches of one optimizer step; (loss sum, trained tokens) of the step.
+
+    Each micro-batch's summed token loss is divided by the trained tokens of the whole step
+    on all processes (times world_size, since DDP averages gradients), so the gradient is
+    that of (sum of token losses) / (trained tokens in the step).
+    """
+    step_trained = _reduce_sum(accelerator, sum(trained_token_count(b["labels"]) for b in batches))
+    scale = accelerator.num_processes / step_trained
+    loss_sum = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+    for k, batch in enumerate(batches):
+        batch = {key: value.to(accelerator.device) for key, value in batch.items()}
+        last = k == len(batches) - 1
+        with nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
+            summed = batch_loss_sum(model, batch)
+        accelerator.backward(summed * scale)
+        loss_sum += summed.detach().double()
+    return _reduce_sum(accelerator, loss_sum), step_trained
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train(cfg: TunerConfig) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    t = cfg.training
+    out_dir = Path(t.output_dir)
+
+    # 1. Setup: processes, precision, seed.
+    accelerator = Accelerator(mixed_precision=mixed_precision(t))
+    set_seed(t.seed)
+    main = accelerator.is_main_process
+
+    # 2. Tokenizer and data (labels are built here, once, in the data stage).
+    base = resolve_base(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, base)
+    data = prepare(cfg, tokenizer, tokenizer_files(cfg.model, base))
+    if main:
+        log.info(data.summary())
+
+    # 3. Model: base weights, then gradient checkpointing and the adapter.
+    model = load_model(cfg.model, base, tokenizer, dtype=torch.float32)
+    stored_dtype = getattr(model.config, "dtype", None)
+    if cfg.adapter.adapter and _added_tokens(tokenizer, base):
+        raise UserError(
+            "special_tokens/tokens add new tokens to the vocabulary, but with `adapter: lora` their "
+            "embeddings would not train. Training new token embeddings with an adapter is not supported "
+            "yet; use full fine-tuning (remove `adapter`) or tokens the vocabulary already has."
+        )
+    model.config.use_cache = False
+    if t.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.adapter.adapter == "lora":
+        model = apply_lora(model, cfg.adapter)
+    trainable, total = _count_params(model)
+
+    # 4. Plan, optimizer, schedule.
+    plan = StepPlan.build(data.train.num_rows, t, accelerator.num_processes)
+    optimizer = build_optimizer(model.parameters(), t)
+    scheduler = build_scheduler(optimizer, t, plan.total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if main:
+        log.info(
+            "training %d rows for %d steps (%d per epoch): micro-batch %d x accumulation %d x %d process(es), "
+            "precision %s, %s of %s parameters trainable",
+            data.train.num_rows, plan.total_steps, plan.steps_per_epoch, t.micro_batch_size,
+            t.gradient_accumulation_steps, accelerator.num_processes, accelerator.mixed_precision,
+            f"{trainable:,}", f"{total:,}",
+        )
+
+    # 5. Steps.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main)
+    progress = Progress(plan.total_steps, enabled=main)
+    pad_id = tokenizer.pad_token_id
+    rows = data.train
+    losses: list[float] = []
+    trained_total = 0
+    window = {"loss_sum": 0.0, "trained": 0, "tokens": 0, "start": time.perf_counter()}
+    model.train()
+    for step, epoch, micro_batches in plan.steps(accelerator.process_index):
+        batches = []
+        for indices in micro_batches:
+            picked = rows[indices]
+            batches.append(pad_batch(picked["input_ids"], picked["labels"], pad_id))
+        step_loss_sum, step_trained = accumulate_gradients(model, batches, accelerator)
+
+        grad_norm = None
+        if t.max_grad_norm:
+            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+
+        step_loss = step_loss_sum / step_trained
+        if not math.isfinite(step_loss):
+            raise UserError(f"the loss became {step_loss} at step {step + 1}; lower learning_rate or check the data")
+        losses.append(step_loss)
+        trained_total += int(step_trained)
+        window["loss_sum"] += step_loss * step_trained
+        window["trained"] += step_trained
+        window["tokens"] += _reduce_sum(accelerator, sum(int(b["attention_mask"].sum()) for b in batches))
+        done = step + 1
+        if done % t.logging_steps == 0 or done == plan.total_steps:
+            elapsed = time.perf_counter() - window["start"]
+            record = {
+                "step": done,
+                "epoch": round(done / plan.steps_per_epoch, 4),
+                "loss": window["loss_sum"] / window["trained"],
+                "learning_rate": lr,
+                "grad_norm": grad_norm,
+                "trained_tokens": trained_total,
+                "tokens_per_second": window["tokens"] / elapsed,
+                "trained_tokens_per_second": window["trained"] / elapsed,
+            }
+            metrics.write(record)
+            progress.update(1, loss=record["loss"], lr=lr, tok_s=record["tokens_per_second"])
+            window = {"loss_sum": 0.0, "trained": 0, "tokens": 0, "start": time.perf_counter()}
+        else:
+            progress.update(1)
+    progress.close()
+    metrics.close()
+
+    # 6. Save the model (or adapter), tokenizer, config and run record.
+    accelerator.wait_for_everyone()
+    if main:
+        record = {
+            "base_model": cfg.model.base_model,
+            "base_model_path": str(base.path),
+            "data_fingerprint": data.fingerprint,
+            "steps": plan.total_steps,
+            "trained_tokens": trained_total,
+            "final_loss": losses[-1],
+        }
+        save_final(accelerator.unwrap_model(model), tokenizer, cfg, out_dir, record, dtype=stored_dtype)
+        log.info("saved the trained %s to %s", "adapter" if cfg.adapter.adapter else "model", out_dir)
+    accelerator.end_training()
+    return TrainResult(out_dir, accelerator.unwrap_model(model), plan.total_steps, trained_total, losses[-1], losses)
+
+
+def _added_tokens(tokenizer: Any, base: Any) -> bool:
+    from transformers import AutoConfig
+
+    return len(tokenizer) > AutoConfig.from_pretrained(str(base.path)).vocab_size

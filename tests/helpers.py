@@ -1,0 +1,68 @@
+"""Test helpers: configs, data files and tiny random models built offline."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuner.config import load_config
+from tuner.config.schema import TunerConfig
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def write_config(path: Path, **values: Any) -> Path:
+    path.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def make_config(tmp_path: Path, **values: Any) -> TunerConfig:
+    return load_config(write_config(tmp_path / "config.yml", **values))
+
+
+def alpaca_rows(n: int = 40) -> list[dict[str, str]]:
+    """Small arithmetic alpaca rows, half with an input, with outputs of different lengths."""
+    rows = []
+    for i in range(n):
+        a, b = (i * 7) % 50 + 1, (i * 13) % 40 + 2
+        if i % 2:
+            rows.append({"instruction": "Add the numbers.", "input": f"{a} + {b}", "output": f"The sum is {a + b}."})
+        else:
+            words = " ".join(["step"] * (1 + i % 9))
+            rows.append({"instruction": f"Repeat the word step {1 + i % 9} times.", "input": "", "output": words})
+    return rows
+
+
+TINY_FAMILIES = ("llama", "qwen2", "mistral", "gemma")
+
+
+def make_tiny_model(out: Path, family: str, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """A 2-layer random model of `family` with the SmolLM2 tokenizer, saved as an HF folder."""
+    import torch
+    from transformers import AutoModelForCausalLM, GemmaConfig, LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(
+        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2,
+    )
+    config = {
+        "llama": lambda: LlamaConfig(**common, tie_word_embeddings=True),
+        "qwen2": lambda: Qwen2Config(**common, tie_word_embeddings=False),
+        "mistral": lambda: MistralConfig(**common, sliding_window=None),
+        "gemma": lambda: GemmaConfig(**common, head_dim=16),
+    }[family]()
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.save_pretrained(out)
+    for f in Path(tokenizer_dir).iterdir():
+        shutil.copy(f, out / f.name)
+    return out
