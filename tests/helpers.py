@@ -29,15 +29,18 @@ def make_config(tmp_path: Path, **values: Any) -> TunerConfig:
 
 
 def alpaca_rows(n: int = 40) -> list[dict[str, str]]:
-    """Small arithmetic alpaca rows, half with an input, with outputs of different lengths."""
+    """Small, distinct alpaca rows: half with an input, outputs of different lengths."""
     rows = []
     for i in range(n):
-        a, b = (i * 7) % 50 + 1, (i * 13) % 40 + 2
         if i % 2:
+            a, b = 10 + i, 3 * i + 1
             rows.append({"instruction": "Add the numbers.", "input": f"{a} + {b}", "output": f"The sum is {a + b}."})
         else:
-            words = " ".join(["step"] * (1 + i % 9))
-            rows.append({"instruction": f"Repeat the word step {1 + i % 9} times.", "input": "", "output": words})
+            word = ("step", "blue", "tree", "lamp", "fish")[i % 5]
+            count = 1 + i % 9
+            rows.append(
+                {"instruction": f"Repeat the word {word} {count} times.", "input": "", "output": " ".join([word] * count)}
+            )
     return rows
 
 

@@ -315,6 +315,19 @@ def _auto_config(model: ModelBlock, base: BaseModelSource) -> Any:
         raise UserError(f"base_model: cannot read the model config from {where}: {str(err).splitlines()[0][:300]}") from None
 
 
+def stored_dtype(base: BaseModelSource) -> torch.dtype | None:
+    """The dtype the base folder stores its weights in (config.json), e.g. torch.bfloat16."""
+    import torch
+
+    try:
+        config = json.loads((base.path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    name = config.get("dtype") or config.get("torch_dtype")
+    value = getattr(torch, name, None) if isinstance(name, str) else None
+    return value if isinstance(value, torch.dtype) else None
+
+
 def load_model(
     model: ModelBlock,
     base: BaseModelSource,

@@ -67,7 +67,7 @@ def save_final(
     """
     with staged_files(out_dir) as tmp:
         if dtype is not None and not hasattr(model, "peft_config"):
-            model = model.to(dtype)
+            model.to(dtype)  # training is over: the model becomes what is saved
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / CONFIG_COPY).write_text(dump_config(cfg), encoding="utf-8")

@@ -28,7 +28,7 @@ from tuner.data.pack import pad_batch
 from tuner.data.pipeline import prepare
 from tuner.errors import UserError
 from tuner.models.adapter import apply_lora
-from tuner.models.load import load_model, load_tokenizer, resolve_base, tokenizer_files
+from tuner.models.load import load_model, load_tokenizer, resolve_base, stored_dtype, tokenizer_files
 from tuner.train.checkpoint import save_final
 from tuner.train.log import MetricsLog, Progress
 from tuner.train.loss import batch_loss_sum, trained_token_count
@@ -142,6 +142,15 @@ def _reduce_sum(accelerator: Any, value: float | int | torch.Tensor) -> float:
     return float(tensor)
 
 
+def enable_checkpointing(model: Any) -> None:
+    """Recompute decoder-layer activations in backward (non-reentrant, so frozen inputs work)."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def _count_params(model: torch.nn.Module) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -192,7 +201,7 @@ def train(cfg: TunerConfig) -> TrainResult:
 
     # 3. Model: base weights, then gradient checkpointing and the adapter.
     model = load_model(cfg.model, base, tokenizer, dtype=torch.float32)
-    stored_dtype = getattr(model.config, "dtype", None)
+    save_dtype = stored_dtype(base)  # a full fine-tune is saved in the dtype the base stores
     if cfg.adapter.adapter and _added_tokens(tokenizer, base):
         raise UserError(
             "special_tokens/tokens add new tokens to the vocabulary, but with `adapter: lora` their "
@@ -201,7 +210,7 @@ def train(cfg: TunerConfig) -> TrainResult:
         )
     model.config.use_cache = False
     if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if cfg.adapter.adapter == "lora":
         model = apply_lora(model, cfg.adapter)
     trainable, total = _count_params(model)
@@ -276,6 +285,7 @@ def train(cfg: TunerConfig) -> TrainResult:
 
     # 6. Save the model (or adapter), tokenizer, config and run record.
     accelerator.wait_for_everyone()
+    trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # plain forward, no autocast
     if main:
         record = {
             "base_model": cfg.model.base_model,
@@ -285,10 +295,10 @@ def train(cfg: TunerConfig) -> TrainResult:
             "trained_tokens": trained_total,
             "final_loss": losses[-1],
         }
-        save_final(accelerator.unwrap_model(model), tokenizer, cfg, out_dir, record, dtype=stored_dtype)
+        save_final(trained, tokenizer, cfg, out_dir, record, dtype=save_dtype)
         log.info("saved the trained %s to %s", "adapter" if cfg.adapter.adapter else "model", out_dir)
     accelerator.end_training()
-    return TrainResult(out_dir, accelerator.unwrap_model(model), plan.total_steps, trained_total, losses[-1], losses)
+    return TrainResult(out_dir, trained, plan.total_steps, trained_total, losses[-1], losses)
 
 
 def _added_tokens(tokenizer: Any, base: Any) -> bool:

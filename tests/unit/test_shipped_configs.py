@@ -1,0 +1,21 @@
+"""Every YAML config the project ships validates (without loading any model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tuner.config import load_config
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = sorted([*REPO.glob("configs/**/*.yml"), *REPO.glob("examples/**/*.yml")])
+
+
+def test_there_are_shipped_configs():
+    assert len(SHIPPED) >= 3
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO)) for p in SHIPPED])
+def test_shipped_config_validates(path):
+    load_config(path)
