@@ -69,3 +69,37 @@ def make_tiny_model(out: Path, family: str, tokenizer_dir: Path, seed: int = 0) 
     for f in Path(tokenizer_dir).iterdir():
         shutil.copy(f, out / f.name)
     return out
+
+
+def tuner_cmd(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "tuner", *args]
+
+
+def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
+    path = Path(out_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def wait_for_step(proc, out_dir: Path, step: int, timeout: float = 300) -> int:
+    """Poll metrics.jsonl until `step` is logged; return the newest logged step."""
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        steps = [m["step"] for m in read_metrics(out_dir) if "loss" in m]
+        if steps and steps[-1] >= step:
+            return steps[-1]
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early with code {proc.returncode}")
+        time.sleep(0.01)
+    raise AssertionError(f"step {step} not reached in {timeout}s")
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

@@ -58,3 +58,52 @@ def test_lora_on_smollm2_trains_and_saves(tmp_path, smol_model_dir):
     trained = result.model.eval()
     with torch.no_grad():
         assert torch.equal(trained(input_ids=ids).logits, reloaded(input_ids=ids).logits)
+
+
+def test_smollm2_lora_kill_and_resume_is_exact(tmp_path, smol_model_dir):
+    import random
+    import signal
+    import subprocess
+
+    from helpers import load_weights, read_metrics, tuner_cmd, wait_for_step, write_config
+
+    data = write_jsonl(tmp_path / "data.jsonl", alpaca_rows(16))
+
+    def run_config(name):
+        return write_config(
+            tmp_path / f"{name}.yml",
+            base_model=SMOL_BASE,
+            datasets=[{"path": str(data), "type": "alpaca"}],
+            dataset_prepared_path=str(tmp_path / "prepared"),
+            output_dir=str(tmp_path / name),
+            sequence_len=128,
+            micro_batch_size=2,
+            gradient_accumulation_steps=2,
+            max_steps=8,
+            save_steps=3,
+            learning_rate=1e-3,
+            adapter="lora",
+            lora_r=4,
+            lora_dropout=0.1,  # dropout on: the resumed run must replay the same masks
+            lora_target_modules=["q_proj", "v_proj"],
+            bf16=False,
+        )
+
+    ref = subprocess.run(tuner_cmd("train", str(run_config("reference"))), capture_output=True, text=True)
+    assert ref.returncode == 0, ref.stderr
+    cfg, out = run_config("killed"), tmp_path / "killed"
+    proc = subprocess.Popen(tuner_cmd("train", str(cfg)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    reached = wait_for_step(proc, out, random.Random().choice([4, 5]))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert reached < 8
+    res = subprocess.run(tuner_cmd("train", str(cfg), "--resume_from_checkpoint", "auto"), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "resuming from" in res.stderr and "at step 3" in res.stderr
+    a = load_weights(out / "adapter_model.safetensors")
+    b = load_weights(tmp_path / "reference" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    ours = [m["loss"] for m in read_metrics(out) if "loss" in m]
+    theirs = [m["loss"] for m in read_metrics(tmp_path / "reference") if "loss" in m]
+    assert len(ours) == len(theirs) == 8
+    assert max(abs(x - y) for x, y in zip(ours[3:], theirs[3:])) <= 1e-6

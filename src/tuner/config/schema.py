@@ -175,6 +175,23 @@ class TrainingBlock(Block):
         default=False, description="Recompute activations in backward to save memory."
     )
     logging_steps: PositiveInt = Field(default=1, description="Log every N optimizer steps.")
+    eval_steps: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None,
+        description="Evaluate every N steps (or a fraction of all steps); default: each epoch. Needs val_set_size.",
+    )
+    save_steps: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = Field(
+        default=None, description="Checkpoint every N steps (or a fraction of all steps); default: each epoch."
+    )
+    save_total_limit: PositiveInt | None = Field(
+        default=None, description="Keep only the newest N checkpoints."
+    )
+    resume_from_checkpoint: str | None = Field(
+        default=None,
+        description="A checkpoint folder to resume from, or `auto` for the newest complete one in output_dir.",
+    )
+    overwrite_output_dir: bool = Field(
+        default=False, description="Replace a finished (or abandoned) run in output_dir instead of refusing."
+    )
     seed: int = Field(default=42, description="Seed for shuffling, dropout and initialisation.")
 
 
@@ -279,6 +296,9 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
             re.compile(a.lora_target_modules)
         except re.error as err:
             problems.append(Problem(("lora_target_modules",), f"not a valid regular expression: {err}."))
+
+    if t.eval_steps is not None and not cfg.data.val_set_size:
+        problems.append(Problem(("eval_steps",), "eval_steps is set but val_set_size is 0, so there is nothing to evaluate."))
 
     for i, ds in enumerate(cfg.data.datasets):
         if ds.field is not None and ds.type != "completion":

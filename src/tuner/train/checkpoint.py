@@ -1,7 +1,15 @@
-"""Saving what training produced: the final model or adapter, tokenizer, and run record.
+"""What training writes to disk: checkpoints for exact resume, and the final model.
 
-Files are written into a temporary folder first and moved into place when complete, and
-the run record (`tuner_run.json`) is moved last: its presence means the save finished.
+Checkpoint layout (`output_dir/checkpoints/step-000040/`):
+    trainable.safetensors   the parameters that train (all weights, or the adapter's)
+    optimizer.safetensors   optimizer state tensors        + optimizer.json (the rest)
+    scheduler.json          learning-rate schedule state
+    rng-<rank>.safetensors  torch RNG states               + rng-<rank>.json (python, numpy)
+    checkpoint.json         step, epoch, counters, run settings; written last
+
+Nothing in a checkpoint needs pickle: tensors are safetensors, everything else JSON. A
+checkpoint is written to a temporary folder and renamed into place when complete; a folder
+without `checkpoint.json` is incomplete and never used.
 """
 
 from __future__ import annotations
@@ -9,20 +17,32 @@ from __future__ import annotations
 import json
 import os
 import platform
+import random
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from tuner import __version__
 from tuner.config import TunerConfig, dump_config
+from tuner.errors import UserError
 
 RUN_RECORD = "tuner_run.json"
 CONFIG_COPY = "tuner_config.yml"
+CHECKPOINTS = "checkpoints"
+MARKER = "checkpoint.json"
 LIBRARIES = ("torch", "transformers", "accelerate", "peft", "datasets", "tokenizers", "safetensors", "bitsandbytes")
+STEP_DIR = re.compile(r"^step-(\d+)$")
+# Files a finished run leaves in output_dir (cleared by overwrite_output_dir).
+RUN_FILES = (
+    RUN_RECORD, CONFIG_COPY, "metrics.jsonl", "adapter_model.safetensors", "adapter_config.json",
+    "model.safetensors", "model.safetensors.index.json", "config.json", "generation_config.json",
+)
 
 
 def library_versions() -> dict[str, str]:
@@ -35,9 +55,199 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+# --------------------------------------------------------------------------- checkpoints
+
+
+@dataclass
+class TrainerState:
+    """Where a run is: enough, with the plan, to continue exactly where it stopped."""
+
+    step: int  # optimizer steps done
+    trained_tokens: int
+    # Run settings a resume must share (else the data order or normalisation would differ).
+    data_fingerprint: str
+    rows: int
+    micro_batch_size: int
+    gradient_accumulation_steps: int
+    world_size: int
+    seed: int
+    total_steps: int
+    best_eval_loss: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def checkpoint_dirs(out_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first."""
+    root = out_dir / CHECKPOINTS
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and (p / MARKER).is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def find_resume_checkpoint(value: str | None, out_dir: Path) -> Path | None:
+    """`resume_from_checkpoint`: a checkpoint folder, or `auto` for the newest complete one."""
+    if value is None:
+        return None
+    if value == "auto":
+        found = checkpoint_dirs(out_dir)
+        return found[-1] if found else None
+    path = Path(value).expanduser()
+    if not path.is_dir():
+        raise UserError(f"resume_from_checkpoint: {value!r} does not exist")
+    if not (path / MARKER).is_file():
+        raise UserError(
+            f"resume_from_checkpoint: {value!r} is not a complete checkpoint (no {MARKER}); "
+            f"complete ones in {out_dir}: {', '.join(p.name for p in checkpoint_dirs(out_dir)) or 'none'}"
+        )
+    return path
+
+
+def _rng_states() -> tuple[dict[str, Any], dict[str, Any]]:
+    import numpy as np
+    import torch
+
+    tensors = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"cuda.{i}"] = state
+    py = random.getstate()
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    plain = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+    }
+    return tensors, plain
+
+
+def _set_rng_states(tensors: dict[str, Any], plain: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(tensors["torch"])
+    if torch.cuda.is_available():
+        cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
+        if cuda:
+            torch.cuda.set_rng_state_all(cuda)
+    version_, keys, gauss = plain["python"]
+    random.setstate((version_, tuple(keys), gauss))
+    kind, keys, pos, has_gauss, cached = plain["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+def _optimizer_to_files(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors (safetensors) and the rest (JSON)."""
+    import torch
+
+    tensors, plain_state = {}, {}
+    for idx, values in state["state"].items():
+        for key, value in values.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}.{key}"] = value.contiguous()
+            else:
+                plain_state.setdefault(str(idx), {})[key] = value
+    return tensors, {"state": plain_state, "param_groups": state["param_groups"]}
+
+
+def _optimizer_from_files(tensors: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        idx, key = name.split(".", 1)
+        state.setdefault(int(idx), {})[key] = tensor
+    for idx, values in plain["state"].items():
+        state.setdefault(int(idx), {}).update(values)
+    groups = []
+    for g in plain["param_groups"]:
+        g = dict(g)
+        if isinstance(g.get("betas"), list):
+            g["betas"] = tuple(g["betas"])
+        groups.append(g)
+    return {"state": state, "param_groups": groups}
+
+
+def trainable_state(model: Any) -> dict[str, Any]:
+    return {name: p.detach().contiguous() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(
+    out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainerState, rank: int = 0, keep: int | None = None
+) -> Path:
+    """Write a complete checkpoint atomically; keep only the newest `keep` ones."""
+    from safetensors.torch import save_file
+
+    root = out_dir / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state.step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    try:
+        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
+        opt_tensors, opt_plain = _optimizer_to_files(optimizer.state_dict())
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        (tmp / "optimizer.json").write_text(json.dumps(opt_plain))
+        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+        rng_tensors, rng_plain = _rng_states()
+        save_file(rng_tensors, str(tmp / f"rng-{rank}.safetensors"))
+        (tmp / f"rng-{rank}.json").write_text(json.dumps(rng_plain))
+        (tmp / MARKER).write_text(json.dumps(asdict(state), indent=2))  # last: marks completion
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if keep is not None:
+        for old in checkpoint_dirs(out_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def read_state(path: Path) -> TrainerState:
+    try:
+        return TrainerState(**json.loads((path / MARKER).read_text()))
+    except (OSError, ValueError, TypeError) as err:
+        raise UserError(f"resume_from_checkpoint: {path / MARKER} is unreadable: {err}") from None
+
+
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, rank: int = 0) -> TrainerState:
+    """Restore weights, optimizer, schedule and RNG states. Never unpickles anything."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    state = read_state(path)
+    try:
+        weights = load_file(str(path / "trainable.safetensors"))
+        opt_tensors = load_file(str(path / "optimizer.safetensors"))
+        opt_plain = json.loads((path / "optimizer.json").read_text())
+        sched = json.loads((path / "scheduler.json").read_text())
+        rng_tensors = load_file(str(path / f"rng-{rank}.safetensors"))
+        rng_plain = json.loads((path / f"rng-{rank}.json").read_text())
+    except (SafetensorError, OSError, ValueError) as err:
+        raise UserError(
+            f"resume_from_checkpoint: {path} is damaged or not a tuner checkpoint "
+            f"({type(err).__name__}: {str(err)[:200]}); checkpoints hold only safetensors and JSON"
+        ) from None
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(weights) != expected:
+        missing, extra = sorted(expected - set(weights))[:3], sorted(set(weights) - expected)[:3]
+        raise UserError(
+            f"resume_from_checkpoint: {path} was saved from a different model or adapter setup "
+            f"(missing: {missing}, unexpected: {extra})"
+        )
+    for name, tensor in weights.items():
+        params[name].data.copy_(tensor)
+    optimizer.load_state_dict(_optimizer_from_files(opt_tensors, opt_plain))
+    scheduler.load_state_dict(sched)
+    _set_rng_states(rng_tensors, rng_plain)
+    return state
+
+
+# --------------------------------------------------------------------------- final save
+
+
 @contextmanager
 def staged_files(target: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `target`; on success move its files into `target`."""
+    """Yield a temporary folder inside `target`; on success move its files into `target`."""
     target.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".saving-", dir=target))
     try:
@@ -50,6 +260,13 @@ def staged_files(target: Path) -> Iterator[Path]:
             os.replace(tmp / name, dest)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def clear_previous_run(out_dir: Path) -> None:
+    """overwrite_output_dir: remove what an earlier run wrote (only tuner's own files)."""
+    for name in RUN_FILES:
+        (out_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(out_dir / CHECKPOINTS, ignore_errors=True)
 
 
 def save_final(

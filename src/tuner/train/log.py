@@ -12,9 +12,16 @@ from typing import Any
 class MetricsLog:
     """Appends one JSON object per logged step to metrics.jsonl (flushed at once)."""
 
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, keep_until_step: int | None = None):
+        """`keep_until_step`: on resume, drop records of steps after the checkpoint (they are redone)."""
         self.path = path
         self.enabled = enabled
+        if enabled and path.exists():
+            kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and keep_until_step and json.loads(line).get("step", 0) <= keep_until_step]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            tmp.replace(path)
         self._fh = open(path, "a", encoding="utf-8") if enabled else None
 
     def write(self, record: dict[str, Any]) -> None:
@@ -35,10 +42,14 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, initial=initial, disable=not enabled, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self.values: dict[str, str] = {}
 
-    def update(self, n: int = 1, **values: Any) -> None:
-        if values:
-            self.bar.set_postfix({k: _fmt(v) for k, v in values.items()}, refresh=False)
+    def note(self, **values: Any) -> None:
+        """Values shown after the bar (loss, lr, tokens/s, eval loss)."""
+        self.values.update({k: _fmt(v) for k, v in values.items()})
+        self.bar.set_postfix(self.values, refresh=False)
+
+    def update(self, n: int = 1) -> None:
         self.bar.update(n)
 
     def close(self) -> None:

@@ -14,6 +14,10 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
@@ -29,7 +33,17 @@ from tuner.data.pipeline import prepare
 from tuner.errors import UserError
 from tuner.models.adapter import apply_lora
 from tuner.models.load import load_model, load_tokenizer, resolve_base, stored_dtype, tokenizer_files
-from tuner.train.checkpoint import save_final
+from tuner.train.checkpoint import (
+    CHECKPOINTS,
+    RUN_RECORD,
+    TrainerState,
+    checkpoint_dirs,
+    clear_previous_run,
+    find_resume_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    save_final,
+)
 from tuner.train.log import MetricsLog, Progress
 from tuner.train.loss import batch_loss_sum, trained_token_count
 from tuner.train.optim import build_optimizer, build_scheduler
@@ -177,6 +191,100 @@ def accumulate_gradients(model: Any, batches: list[dict[str, torch.Tensor]], acc
     return _reduce_sum(accelerator, loss_sum), step_trained
 
 
+def every(value: int | float | None, total_steps: int) -> int | None:
+    """`save_steps` / `eval_steps`: a step count, or a fraction of all steps."""
+    if value is None:
+        return None
+    return max(1, round(value * total_steps)) if isinstance(value, float) else int(value)
+
+
+def evaluate(model: Any, rows: Any, micro_batch_size: int, pad_id: int, accelerator: Any) -> tuple[float, int]:
+    """(mean loss over the trained tokens of `rows`, trained tokens). Rows are split over processes."""
+    model.eval()
+    loss_sum, tokens = 0.0, 0
+    mine = list(range(accelerator.process_index, rows.num_rows, accelerator.num_processes))
+    with torch.no_grad():
+        for i in range(0, len(mine), micro_batch_size):
+            picked = rows[mine[i : i + micro_batch_size]]
+            batch = pad_batch(picked["input_ids"], picked["labels"], pad_id)
+            tokens += trained_token_count(batch["labels"])
+            batch = {k: v.to(accelerator.device) for k, v in batch.items()}
+            with accelerator.autocast():
+                loss_sum += float(batch_loss_sum(model, batch))
+    model.train()
+    total = _reduce_sum(accelerator, tokens)
+    return _reduce_sum(accelerator, loss_sum) / max(total, 1), int(total)
+
+
+class Interrupted(UserError):
+    """Training stopped on SIGTERM/SIGINT after saving a checkpoint."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class StopSignal:
+    """The first SIGTERM/SIGINT asks to stop after the current step (with a checkpoint);
+    a second one exits at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignal:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            print(f"\ntuner: second {signal.Signals(signum).name}: stopping now, without saving", file=sys.stderr)
+            os._exit(128 + signum)
+        self.signum = signum
+        print(
+            f"\ntuner: {signal.Signals(signum).name} received: finishing this step and saving a checkpoint "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+        )
+
+
+def prepare_output_dir(out_dir: Path, t: TrainingBlock) -> Path | None:
+    """Refuse to overwrite a run unless asked; return the checkpoint to resume from, if any."""
+    resume = find_resume_checkpoint(t.resume_from_checkpoint, out_dir)
+    if resume is not None:
+        return resume
+    finished = (out_dir / RUN_RECORD).is_file()
+    unfinished = bool(checkpoint_dirs(out_dir))
+    if (finished or unfinished) and not t.overwrite_output_dir:
+        what = "a finished run" if finished else "checkpoints of an unfinished run"
+        hint = "" if finished else " resume it with `--resume_from_checkpoint auto`, or"
+        raise UserError(
+            f"output_dir: {out_dir} already holds {what}. To keep it, choose another output_dir;"
+            f"{hint} set `overwrite_output_dir: true` to replace it."
+        )
+    if t.overwrite_output_dir:
+        clear_previous_run(out_dir)
+    if t.resume_from_checkpoint == "auto":
+        log.info("resume_from_checkpoint: auto found no complete checkpoint in %s; starting at step 0", out_dir)
+    return None
+
+
+def check_resumable(state: TrainerState, expected: TrainerState, path: Path) -> None:
+    fields = ("data_fingerprint", "rows", "micro_batch_size", "gradient_accumulation_steps", "world_size", "seed")
+    changed = [f"{f}: {getattr(state, f)} -> {getattr(expected, f)}" for f in fields if getattr(state, f) != getattr(expected, f)]
+    if changed:
+        raise UserError(
+            f"resume_from_checkpoint: {path} was made with different settings, so the run cannot continue "
+            f"exactly ({'; '.join(changed)}). Restore them, or start a new run."
+        )
+
+
 # --------------------------------------------------------------------------- the loop
 
 
@@ -187,10 +295,11 @@ def train(cfg: TunerConfig) -> TrainResult:
     t = cfg.training
     out_dir = Path(t.output_dir)
 
-    # 1. Setup: processes, precision, seed.
+    # 1. Setup: processes, precision, seed, output folder.
     accelerator = Accelerator(mixed_precision=mixed_precision(t))
     set_seed(t.seed)
     main = accelerator.is_main_process
+    resume_from = prepare_output_dir(out_dir, t)
 
     # 2. Tokenizer and data (labels are built here, once, in the data stage).
     base = resolve_base(cfg.model)
@@ -215,11 +324,23 @@ def train(cfg: TunerConfig) -> TrainResult:
         model = apply_lora(model, cfg.adapter)
     trainable, total = _count_params(model)
 
-    # 4. Plan, optimizer, schedule.
+    # 4. Plan, optimizer, schedule; then the checkpoint to resume from, if any.
     plan = StepPlan.build(data.train.num_rows, t, accelerator.num_processes)
     optimizer = build_optimizer(model.parameters(), t)
     scheduler = build_scheduler(optimizer, t, plan.total_steps)
+    state = TrainerState(
+        step=0, trained_tokens=0, data_fingerprint=data.fingerprint, rows=plan.rows,
+        micro_batch_size=plan.micro_batch_size, gradient_accumulation_steps=plan.accumulation,
+        world_size=plan.world_size, seed=plan.seed, total_steps=plan.total_steps,
+    )
+    if resume_from is not None:
+        resumed = load_checkpoint(resume_from, model, optimizer, scheduler, accelerator.process_index)
+        check_resumable(resumed, state, resume_from)
+        state.step, state.trained_tokens, state.best_eval_loss = resumed.step, resumed.trained_tokens, resumed.best_eval_loss
+        if main:
+            log.info("resuming from %s at step %d of %d", resume_from, state.step, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    save_every, eval_every = every(t.save_steps, plan.total_steps), every(t.eval_steps, plan.total_steps)
     if main:
         log.info(
             "training %d rows for %d steps (%d per epoch): micro-batch %d x accumulation %d x %d process(es), "
@@ -231,55 +352,90 @@ def train(cfg: TunerConfig) -> TrainResult:
 
     # 5. Steps.
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main)
-    progress = Progress(plan.total_steps, enabled=main)
+    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main, keep_until_step=state.step)
+    progress = Progress(plan.total_steps, initial=state.step, enabled=main)
     pad_id = tokenizer.pad_token_id
     rows = data.train
     losses: list[float] = []
-    trained_total = 0
     window = {"loss_sum": 0.0, "trained": 0, "tokens": 0, "start": time.perf_counter()}
+
+    def checkpoint() -> Path | None:
+        path = save_checkpoint(
+            out_dir, accelerator.unwrap_model(model), optimizer, scheduler, state,
+            rank=accelerator.process_index, keep=t.save_total_limit,
+        ) if main else None
+        accelerator.wait_for_everyone()
+        return path
+
+    def run_eval(step: int) -> None:
+        eval_loss, eval_tokens = evaluate(model, data.eval, t.micro_batch_size, pad_id, accelerator)
+        state.best_eval_loss = min(eval_loss, state.best_eval_loss or math.inf)
+        metrics.write({"step": step, "eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50)),
+                       "eval_tokens": eval_tokens})
+        progress.note(eval_loss=eval_loss)
+
     model.train()
-    for step, epoch, micro_batches in plan.steps(accelerator.process_index):
-        batches = []
-        for indices in micro_batches:
-            picked = rows[indices]
-            batches.append(pad_batch(picked["input_ids"], picked["labels"], pad_id))
-        step_loss_sum, step_trained = accumulate_gradients(model, batches, accelerator)
+    with StopSignal() as stop:
+        for step, epoch, micro_batches in plan.steps(accelerator.process_index, start_step=state.step):
+            batches = []
+            for indices in micro_batches:
+                picked = rows[indices]
+                batches.append(pad_batch(picked["input_ids"], picked["labels"], pad_id))
+            step_loss_sum, step_trained = accumulate_gradients(model, batches, accelerator)
 
-        grad_norm = None
-        if t.max_grad_norm:
-            grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+            grad_norm = None
+            if t.max_grad_norm:
+                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
 
-        step_loss = step_loss_sum / step_trained
-        if not math.isfinite(step_loss):
-            raise UserError(f"the loss became {step_loss} at step {step + 1}; lower learning_rate or check the data")
-        losses.append(step_loss)
-        trained_total += int(step_trained)
-        window["loss_sum"] += step_loss * step_trained
-        window["trained"] += step_trained
-        window["tokens"] += _reduce_sum(accelerator, sum(int(b["attention_mask"].sum()) for b in batches))
-        done = step + 1
-        if done % t.logging_steps == 0 or done == plan.total_steps:
-            elapsed = time.perf_counter() - window["start"]
-            record = {
-                "step": done,
-                "epoch": round(done / plan.steps_per_epoch, 4),
-                "loss": window["loss_sum"] / window["trained"],
-                "learning_rate": lr,
-                "grad_norm": grad_norm,
-                "trained_tokens": trained_total,
-                "tokens_per_second": window["tokens"] / elapsed,
-                "trained_tokens_per_second": window["trained"] / elapsed,
-            }
-            metrics.write(record)
-            progress.update(1, loss=record["loss"], lr=lr, tok_s=record["tokens_per_second"])
-            window = {"loss_sum": 0.0, "trained": 0, "tokens": 0, "start": time.perf_counter()}
-        else:
+            step_loss = step_loss_sum / step_trained
+            if not math.isfinite(step_loss):
+                raise UserError(f"the loss became {step_loss} at step {step + 1}; lower learning_rate or check the data")
+            losses.append(step_loss)
+            state.step = done = step + 1
+            state.trained_tokens += int(step_trained)
+            window["loss_sum"] += step_loss * step_trained
+            window["trained"] += step_trained
+            window["tokens"] += _reduce_sum(accelerator, sum(int(b["attention_mask"].sum()) for b in batches))
+            if done % t.logging_steps == 0 or done == plan.total_steps:
+                elapsed = time.perf_counter() - window["start"]
+                record = {
+                    "step": done,
+                    "epoch": round(done / plan.steps_per_epoch, 4),
+                    "loss": window["loss_sum"] / window["trained"],
+                    "learning_rate": lr,
+                    "grad_norm": grad_norm,
+                    "trained_tokens": state.trained_tokens,
+                    "tokens_per_second": window["tokens"] / elapsed,
+                    "trained_tokens_per_second": window["trained"] / elapsed,
+                }
+                metrics.write(record)
+                progress.note(loss=record["loss"], lr=lr, tok_s=record["tokens_per_second"])
+                window = {"loss_sum": 0.0, "trained": 0, "tokens": 0, "start": time.perf_counter()}
             progress.update(1)
+
+            epoch_end = done % plan.steps_per_epoch == 0
+            last = done == plan.total_steps
+            if data.eval is not None and not last and (done % eval_every == 0 if eval_every else epoch_end):
+                run_eval(done)
+            stopping = _stop_requested(accelerator, stop.signum)
+            if not last and (stopping or (done % save_every == 0 if save_every else epoch_end)):
+                saved = checkpoint()
+                if stopping:
+                    progress.close()
+                    metrics.close()
+                    signum = stop.signum or signal.SIGTERM
+                    raise Interrupted(
+                        f"stopped by {signal.Signals(signum).name} after step {done} of {plan.total_steps}; "
+                        f"checkpoint saved to {saved or out_dir / CHECKPOINTS}. Resume with:\n"
+                        f"  tuner train <config> --resume_from_checkpoint auto",
+                        signum,
+                    )
+        if data.eval is not None:
+            run_eval(plan.total_steps)
     progress.close()
     metrics.close()
 
@@ -292,13 +448,21 @@ def train(cfg: TunerConfig) -> TrainResult:
             "base_model_path": str(base.path),
             "data_fingerprint": data.fingerprint,
             "steps": plan.total_steps,
-            "trained_tokens": trained_total,
-            "final_loss": losses[-1],
+            "trained_tokens": state.trained_tokens,
+            "final_loss": losses[-1] if losses else None,
+            "best_eval_loss": state.best_eval_loss,
         }
         save_final(trained, tokenizer, cfg, out_dir, record, dtype=save_dtype)
         log.info("saved the trained %s to %s", "adapter" if cfg.adapter.adapter else "model", out_dir)
     accelerator.end_training()
-    return TrainResult(out_dir, trained, plan.total_steps, trained_total, losses[-1], losses)
+    return TrainResult(out_dir, trained, plan.total_steps, state.trained_tokens, losses[-1] if losses else math.nan, losses)
+
+
+def _stop_requested(accelerator: Any, signum: int | None) -> bool:
+    """Whether any process received a stop signal (all processes must stop at the same step)."""
+    if accelerator.num_processes == 1:
+        return signum is not None
+    return _reduce_sum(accelerator, 1 if signum is not None else 0) > 0
 
 
 def _added_tokens(tokenizer: Any, base: Any) -> bool:
