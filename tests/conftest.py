@@ -63,3 +63,12 @@ def _fresh_accelerate_state():
         return
     AcceleratorState._reset_state(reset_partial_state=True)
     PartialState._reset_state()
+
+
+def pytest_terminal_summary(terminalreporter):
+    from helpers import REPORTS
+
+    if REPORTS:
+        terminalreporter.section("reliability counts")
+        for line in REPORTS:
+            terminalreporter.write_line(line)

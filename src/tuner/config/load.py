@@ -176,9 +176,14 @@ def apply_overrides(raw: RawConfig, overrides: list[tuple[KeyPath, Any]]) -> Non
 
 
 def _fmt_path(path: KeyPath) -> str:
+    """('datasets', 0, 'type') -> datasets[0].type; odd key names are quoted."""
     out = ""
     for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int) and not isinstance(part, bool):
+            out += f"[{part}]"
+            continue
+        name = part if isinstance(part, str) and part.isidentifier() else repr(part)
+        out += f".{name}" if out else name
     return out
 
 
