@@ -135,6 +135,10 @@ class DataBlock(Block):
     train_on_inputs: bool = Field(
         default=False, description="Train on prompt tokens too (not only the completion)."
     )
+    skip_invalid_rows: bool = Field(
+        default=False,
+        description="Drop and count rows that are invalid (bad JSON, missing or empty fields) instead of stopping.",
+    )
 
 
 class TrainingBlock(Block):

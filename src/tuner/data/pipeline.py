@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tuner.config.schema import DatasetConfig, TunerConfig
 from tuner.data import cache
 from tuner.data.formats import FieldError, get_format
-from tuner.data.load import RawSource, load_hub, load_source, local_sources
+from tuner.data.load import ROW, RawSource, load_hub, load_source, local_sources
 from tuner.data.tokenize import KEPT, NOTHING_TO_TRAIN, TOO_LONG, TokenizeSettings, tokenize_rows
 from tuner.errors import UserError
 
@@ -27,6 +27,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tuner")
 
 COLUMNS = ("input_ids", "attention_mask", "labels")
+INVALID = 3  # a row status beside tokenize's KEPT / TOO_LONG / NOTHING_TO_TRAIN
+SHOWN_ROWS = 5  # how many dropped rows a summary names
 
 
 @dataclass
@@ -43,13 +45,17 @@ class PreparedData:
         lines = [f"prepared dataset: {self.path} ({'reused' if self.reused else 'new'})"]
         for src in s["sources"]:
             dropped = []
-            if src["too_long"]:
-                dropped.append(f"{src['too_long']} longer than sequence_len")
-            if src["nothing_to_train"]:
-                dropped.append(f"{src['nothing_to_train']} with nothing to train")
-            extra = f", dropped {', '.join(dropped)}" if dropped else ""
+            examples = src.get("dropped_examples", {})
+            for key, what in (("too_long", "longer than sequence_len"), ("nothing_to_train", "with nothing to train"),
+                              ("invalid", "invalid")):
+                if src.get(key):
+                    rows = examples.get(key)
+                    at = f" (rows {', '.join(map(str, rows))}{', ...' if src[key] > len(rows) else ''})" if rows else ""
+                    dropped.append(f"{src[key]} {what}{at}")
+            extra = f", dropped {'; '.join(dropped)}" if dropped else ""
             trunc = f", {src['truncated']} truncated" if src.get("truncated") else ""
             lines.append(f"  {src['where']}: {src['read']} rows read, {src['kept']} kept{extra}{trunc}")
+            lines.extend(f"    invalid {e}" for e in src.get("invalid_examples", []))
         lines.append(
             f"  total: {s['rows']} rows, {s['tokens']:,} tokens, {s['trained_tokens']:,} trained"
         )
@@ -60,27 +66,33 @@ class PreparedData:
 
 def _tokenize_batch(
     batch: dict[str, list[Any]],
-    indices: list[int],
     *,
     ds: DatasetConfig,
     src: RawSource,
     tokenizer: Any,
     settings: TokenizeSettings,
+    skip_invalid: bool,
 ) -> dict[str, list[Any]]:
     fmt = get_format(ds.type)
-    names = list(batch)
-    segments = []
-    for values, index in zip(zip(*batch.values()), indices):
+    names = [n for n in batch if n != ROW]
+    segments, problems = [], []
+    for values, index in zip(zip(*(batch[n] for n in names)), batch[ROW]):
         try:
             segments.append(fmt.segments(dict(zip(names, values)), ds))
+            problems.append("")
         except FieldError as err:
-            raise UserError(
-                f"{src.where(index)}: {err}. Type {ds.type} reads the fields {', '.join(fmt.FIELDS)}"
-                f" (this file has: {', '.join(names)})"
-            ) from None
-    rows = tokenize_rows(segments, tokenizer, settings)
-    out: dict[str, list[Any]] = {k: [] for k in (*COLUMNS, "status", "truncated")}
-    for row, index in zip(rows, indices):
+            if not skip_invalid:
+                raise UserError(
+                    f"{src.where(index)}: {err}. Type {ds.type} reads the fields {', '.join(fmt.field_names(ds))}"
+                    f" (this file has: {', '.join(names)})"
+                ) from None
+            segments.append(None)
+            problems.append(str(err))
+    rows = iter(tokenize_rows([s for s in segments if s is not None], tokenizer, settings))
+    empty = {"input_ids": [], "attention_mask": [], "labels": [], "status": INVALID, "truncated": False}
+    out: dict[str, list[Any]] = {k: [] for k in (*COLUMNS, "status", "truncated", "problem", ROW)}
+    for seg, problem, index in zip(segments, problems, batch[ROW]):
+        row = next(rows) if seg is not None else empty
         if row["status"] == TOO_LONG and settings.excess_length_strategy == "raise":
             raise UserError(
                 f"{src.where(index)}: is {len(row['input_ids'])} tokens long, more than sequence_len "
@@ -88,11 +100,14 @@ def _tokenize_batch(
             )
         for key in (*COLUMNS, "status", "truncated"):
             out[key].append(row[key])
+        out["problem"].append(problem)
+        out[ROW].append(index)
     return out
 
 
 def _tokenize_source(
-    raw: Dataset, ds: DatasetConfig, src: RawSource, tokenizer: Any, settings: TokenizeSettings, num_proc: int | None
+    raw: Dataset, ds: DatasetConfig, src: RawSource, tokenizer: Any, settings: TokenizeSettings,
+    num_proc: int | None, skip_invalid: bool,
 ) -> tuple[Dataset, dict[str, Any]]:
     import numpy as np
     from datasets import Features, Sequence, Value
@@ -104,14 +119,15 @@ def _tokenize_source(
             "labels": Sequence(Value("int32")),
             "status": Value("int8"),
             "truncated": Value("bool"),
+            "problem": Value("string"),
+            ROW: Value("int64"),
         }
     )
-    fn = partial(_tokenize_batch, ds=ds, src=src, tokenizer=tokenizer, settings=settings)
+    fn = partial(_tokenize_batch, ds=ds, src=src, tokenizer=tokenizer, settings=settings, skip_invalid=skip_invalid)
     mapped = raw.map(
         fn,
         batched=True,
         batch_size=1000,
-        with_indices=True,
         remove_columns=raw.column_names,
         features=features,
         num_proc=num_proc if num_proc and num_proc > 1 and raw.num_rows >= 2000 else None,
@@ -121,13 +137,21 @@ def _tokenize_source(
     )
     status = np.asarray(mapped["status"])
     truncated = int(np.asarray(mapped["truncated"]).sum())
-    kept = mapped.select(np.flatnonzero(status == KEPT)).remove_columns(["status", "truncated"])
+    kept = mapped.select(np.flatnonzero(status == KEPT)).remove_columns(["status", "truncated", "problem", ROW])
+    invalid_idx = np.flatnonzero(status == INVALID)
+    invalid = src.invalid + [(mapped[int(i)][ROW], mapped[int(i)]["problem"]) for i in invalid_idx[:SHOWN_ROWS]]
     stats = {
         "where": src.where(),
-        "read": raw.num_rows,
+        "read": raw.num_rows + len(src.invalid),
         "kept": kept.num_rows,
         "too_long": int((status == TOO_LONG).sum()),
         "nothing_to_train": int((status == NOTHING_TO_TRAIN).sum()),
+        "invalid": len(src.invalid) + len(invalid_idx),
+        "invalid_examples": [f"row {row + 1}: {problem}" for row, problem in sorted(invalid)[:SHOWN_ROWS]],
+        "dropped_examples": {
+            name: [int(r) + 1 for r in np.asarray(mapped[ROW])[status == code][:SHOWN_ROWS]]
+            for name, code in (("too_long", TOO_LONG), ("nothing_to_train", NOTHING_TO_TRAIN))
+        },
         "truncated": truncated,
     }
     return kept, stats
@@ -141,7 +165,7 @@ def _build(cfg: TunerConfig, loaded: list[tuple[DatasetConfig, RawSource, Datase
     settings = TokenizeSettings(d.sequence_len, d.excess_length_strategy, d.train_on_inputs)
     parts, sources = [], []
     for ds, src, raw in loaded:
-        part, stats = _tokenize_source(raw, ds, src, tokenizer, settings, d.dataset_num_proc)
+        part, stats = _tokenize_source(raw, ds, src, tokenizer, settings, d.dataset_num_proc, d.skip_invalid_rows)
         parts.append(part)
         sources.append(stats)
     rows = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
@@ -203,7 +227,8 @@ def prepare(cfg: TunerConfig, tokenizer: Any, tokenizer_files: list[Path]) -> Pr
         rows, meta = found
         stats = meta["stats"]
     else:
-        loaded = [(ds, src, data if data is not None else load_source(src, ds)) for ds, src, data in entries]
+        skip = cfg.data.skip_invalid_rows
+        loaded = [(ds, src, data if data is not None else load_source(src, ds, skip)) for ds, src, data in entries]
         rows, stats = _build(cfg, loaded, tokenizer)
         cache.save(root, fp, rows, {"inputs": inputs, "stats": stats})
         rows = cache.load(root, fp)[0]  # memory-mapped from disk, like a reused dataset

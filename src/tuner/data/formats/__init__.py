@@ -5,7 +5,7 @@ trained (its tokens get real labels) or not (labels -100). Tokenization, EOS han
 length policy are the same for every format and live in `tuner.data.tokenize`.
 
 A format module exposes:
-    FIELDS: the row fields it reads (for error messages)
+    field_names(ds) -> tuple[str, ...]   the row fields it reads
     segments(row, ds) -> list[Segment]   (raises FieldError for a bad field)
     prompt(row, ds) -> str               (the text a model is given at inference time)
 """

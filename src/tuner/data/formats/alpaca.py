@@ -25,6 +25,10 @@ WITHOUT_INPUT = (
 )
 
 
+def field_names(ds: DatasetConfig | None = None) -> tuple[str, ...]:
+    return FIELDS
+
+
 def prompt(row: dict[str, Any], ds: DatasetConfig | None = None) -> str:
     instruction = text_field(row, "instruction")
     extra = text_field(row, "input", required=False)

@@ -7,11 +7,13 @@ from typing import Any
 from tuner.config.schema import DatasetConfig
 from tuner.data.formats import Segment, text_field
 
-FIELDS = ("text",)
-
 
 def field_name(ds: DatasetConfig | None) -> str:
     return (ds.field if ds is not None else None) or "text"
+
+
+def field_names(ds: DatasetConfig | None) -> tuple[str, ...]:
+    return (field_name(ds),)
 
 
 def prompt(row: dict[str, Any], ds: DatasetConfig | None = None) -> str:
