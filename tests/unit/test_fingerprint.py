@@ -106,6 +106,18 @@ def test_prepare_reuses_then_rebuilds(tmp_path, smol_tokenizer, smol_tokenizer_d
     (first.path / cache.META).write_text("{not json")
     rebuilt = prepare(make_config(tmp_path, **values), smol_tokenizer, files)
     assert not rebuilt.reused and rebuilt.train["labels"] == first.train["labels"]
+    # So is a partial one (rows missing) and one whose row count disagrees with meta.json.
+    import shutil
+
+    shutil.rmtree(rebuilt.path / cache.ROWS)
+    again = prepare(make_config(tmp_path, **values), smol_tokenizer, files)
+    assert not again.reused and again.train.num_rows == 12
+    meta = json.loads((again.path / cache.META).read_text())
+    meta["stats"]["rows"] = 11
+    (again.path / cache.META).write_text(json.dumps(meta))
+    assert not prepare(make_config(tmp_path, **values), smol_tokenizer, files).reused
+    # Leftover temporary folders from a crash are never mistaken for prepared data.
+    assert not [p for p in (tmp_path / "prepared").iterdir() if p.name.startswith(".")]
 
 
 def test_val_split_is_deterministic_and_disjoint(tmp_path, smol_tokenizer, smol_tokenizer_dir):

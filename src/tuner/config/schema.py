@@ -197,6 +197,10 @@ class TrainingBlock(Block):
         default=False, description="Replace a finished (or abandoned) run in output_dir instead of refusing."
     )
     seed: int = Field(default=42, description="Seed for shuffling, dropout and initialisation.")
+    nan_policy: Literal["stop", "skip"] = Field(
+        default="stop",
+        description="On a non-finite loss: stop (naming the last good checkpoint) or skip the update and count it.",
+    )
 
 
 class AdapterBlock(Block):

@@ -108,6 +108,14 @@ def _looks_like_path(text: str) -> bool:
 
 
 def resolve_base(model: ModelBlock) -> BaseModelSource:
+    """Where the base model is, as a plain HF folder; its config is read (not its weights)
+    so that a model tuner cannot load fails here, before any data is prepared."""
+    source = _locate_base(model)
+    _auto_config(model, source)
+    return source
+
+
+def _locate_base(model: ModelBlock) -> BaseModelSource:
     requested = model.base_model
     if requested.startswith("pkg:"):
         return BaseModelSource(convert_gguf(_package_file(requested), model), requested, "gguf")
@@ -144,7 +152,7 @@ def _hub_snapshot(repo_id: str, model: ModelBlock) -> Path:
         hint = (
             "HF_HUB_OFFLINE is set and the model is not in the local hub cache"
             if offline
-            else f"could not download it ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+            else f"could not download it ({type(err).__name__}: {_brief(err)})"
         )
         raise UserError(f"base_model: {repo_id!r}: {hint}. Use a local folder or .gguf file instead.") from None
 
@@ -184,8 +192,7 @@ def _convert_gguf_into(path: Path, out: Path, model: ModelBlock) -> None:
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
     except (ValueError, KeyError, RuntimeError) as err:
-        first = str(err).splitlines()[0][:300]
-        raise UserError(f"base_model: cannot read {path} as a GGUF model supported by transformers: {first}") from None
+        raise UserError(f"base_model: cannot read {path} as a GGUF model supported by transformers: {_brief(err)}") from None
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
     quantized = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     if hasattr(config, "quantization_config"):
@@ -235,8 +242,7 @@ def _from_pretrained(cls: Any, path: Path, model: ModelBlock, what: str) -> PreT
     try:
         return cls.from_pretrained(str(path), **kwargs)
     except (OSError, ValueError, TypeError) as err:
-        first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
-        raise UserError(f"{what}: cannot load a {cls.__name__} from {path}: {first}") from None
+        raise UserError(f"{what}: cannot load a {cls.__name__} from {path}: {_brief(err)}") from None
 
 
 def load_tokenizer(model: ModelBlock, base: BaseModelSource) -> PreTrainedTokenizerBase:
@@ -289,8 +295,10 @@ def _check_same_tokenization(name: str, requested: Any, own: Any) -> None:
             )
 
 
-def added_token_count(tokenizer: PreTrainedTokenizerBase, config_vocab_size: int) -> int:
-    return max(0, len(tokenizer) - config_vocab_size)
+def _brief(err: BaseException) -> str:
+    """An exception's message on one line, shortened."""
+    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # --------------------------------------------------------------------------- model
@@ -310,9 +318,9 @@ def _auto_config(model: ModelBlock, base: BaseModelSource) -> Any:
                 "tuner does not run such code unless you set `trust_remote_code: true`, which executes "
                 "the repository's code on this machine with your permissions: only do it for code you trust."
             ) from None
-        raise UserError(f"base_model: cannot read the model config from {where}: {text.splitlines()[0][:300]}") from None
+        raise UserError(f"base_model: cannot read the model config from {where}: {_brief(err)}") from None
     except OSError as err:
-        raise UserError(f"base_model: cannot read the model config from {where}: {str(err).splitlines()[0][:300]}") from None
+        raise UserError(f"base_model: cannot read the model config from {where}: {_brief(err)}") from None
 
 
 def stored_dtype(base: BaseModelSource) -> torch.dtype | None:
@@ -345,6 +353,10 @@ def load_model(
             f"{config.model_type!r} ({', '.join(config.architectures or [])}). Remove model_type to use "
             f"AutoModelForCausalLM, or name the matching class."
         )
+    import pickle
+
+    from safetensors import SafetensorError
+
     try:
         loaded = cls.from_pretrained(
             str(base.path),
@@ -353,8 +365,14 @@ def load_model(
             trust_remote_code=model.trust_remote_code,
             attn_implementation=attn_implementation,
         )
-    except OSError as err:
-        raise UserError(f"base_model: cannot load weights from {base.path}: {str(err).splitlines()[0][:300]}") from None
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"base_model: cannot load weights from {base.path}: a weights file holds Python objects besides "
+            "tensors. tuner never unpickles them (weights load from safetensors, or with "
+            "torch.load(weights_only=True)); convert the model to safetensors from a source you trust."
+        ) from None
+    except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        raise UserError(f"base_model: cannot load weights from {base.path}: {_brief(err)}") from None
     if len(tokenizer) > loaded.get_input_embeddings().weight.shape[0]:
         loaded.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     for name in ("pad_token_id", "eos_token_id", "bos_token_id"):

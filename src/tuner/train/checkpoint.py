@@ -73,6 +73,7 @@ class TrainerState:
     seed: int
     total_steps: int
     best_eval_loss: float | None = None
+    skipped_steps: int = 0  # updates skipped for a non-finite loss (nan_policy: skip)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -336,7 +336,8 @@ def train(cfg: TunerConfig) -> TrainResult:
     if resume_from is not None:
         resumed = load_checkpoint(resume_from, model, optimizer, scheduler, accelerator.process_index)
         check_resumable(resumed, state, resume_from)
-        state.step, state.trained_tokens, state.best_eval_loss = resumed.step, resumed.trained_tokens, resumed.best_eval_loss
+        for name in ("step", "trained_tokens", "best_eval_loss", "skipped_steps"):
+            setattr(state, name, getattr(resumed, name))
         if main:
             log.info("resuming from %s at step %d of %d", resume_from, state.step, plan.total_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -383,34 +384,46 @@ def train(cfg: TunerConfig) -> TrainResult:
                 batches.append(pad_batch(picked["input_ids"], picked["labels"], pad_id))
             step_loss_sum, step_trained = accumulate_gradients(model, batches, accelerator)
 
+            step_loss = step_loss_sum / step_trained
             grad_norm = None
             if t.max_grad_norm:
                 grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm))
             lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
+            if math.isfinite(step_loss) and (grad_norm is None or math.isfinite(grad_norm)):
+                optimizer.step()
+            elif t.nan_policy == "stop":
+                progress.close()
+                metrics.close()
+                good = checkpoint_dirs(out_dir)
+                raise UserError(
+                    f"the loss became {step_loss} (grad norm {grad_norm}) at step {step + 1}; stopped "
+                    f"(nan_policy: stop). Last good checkpoint: {good[-1] if good else 'none saved yet'}. "
+                    "Lower learning_rate, check the data, or set nan_policy: skip to skip such steps."
+                )
+            else:
+                state.skipped_steps += 1
+                log.warning("step %d: non-finite loss %s, update skipped (%d so far)", step + 1, step_loss, state.skipped_steps)
+            scheduler.step()  # the schedule follows the steps, skipped or not
             optimizer.zero_grad(set_to_none=True)
-
-            step_loss = step_loss_sum / step_trained
-            if not math.isfinite(step_loss):
-                raise UserError(f"the loss became {step_loss} at step {step + 1}; lower learning_rate or check the data")
             losses.append(step_loss)
             state.step = done = step + 1
-            state.trained_tokens += int(step_trained)
-            window["loss_sum"] += step_loss * step_trained
-            window["trained"] += step_trained
+            if math.isfinite(step_loss):
+                state.trained_tokens += int(step_trained)
+                window["loss_sum"] += step_loss * step_trained
+                window["trained"] += step_trained
             window["tokens"] += _reduce_sum(accelerator, sum(int(b["attention_mask"].sum()) for b in batches))
             if done % t.logging_steps == 0 or done == plan.total_steps:
                 elapsed = time.perf_counter() - window["start"]
                 record = {
                     "step": done,
                     "epoch": round(done / plan.steps_per_epoch, 4),
-                    "loss": window["loss_sum"] / window["trained"],
+                    "loss": window["loss_sum"] / window["trained"] if window["trained"] else math.nan,
                     "learning_rate": lr,
                     "grad_norm": grad_norm,
                     "trained_tokens": state.trained_tokens,
                     "tokens_per_second": window["tokens"] / elapsed,
                     "trained_tokens_per_second": window["trained"] / elapsed,
+                    "skipped_steps": state.skipped_steps,
                 }
                 metrics.write(record)
                 progress.note(loss=record["loss"], lr=lr, tok_s=record["tokens_per_second"])
