@@ -162,7 +162,9 @@ class TrainingBlock(Block):
     lr_scheduler: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]
         default="cosine", description="Learning-rate schedule after warmup."
     )
-    warmup_steps: NonNegInt | None = Field(default=None, description="Linear warmup steps.")
+    warmup_steps: NonNegInt | None = Field(
+        default=None, description="Linear warmup steps; default: warmup_ratio, else 3% of the steps (at most 100)."
+    )
     warmup_ratio: Annotated[float, Field(ge=0, lt=1)] | None = Field(
         default=None, description="Warmup as a fraction of all steps."
     )

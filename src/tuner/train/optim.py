@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 
 import torch
@@ -21,11 +20,12 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], t: TrainingBlock) -> t
 
 
 def warmup_steps(t: TrainingBlock, total_steps: int) -> int:
+    """As Axolotl: `warmup_steps`, else `warmup_ratio` of all steps, else 3% of them (at most 100)."""
     if t.warmup_steps is not None:
         return min(t.warmup_steps, total_steps)
     if t.warmup_ratio is not None:
-        return math.ceil(t.warmup_ratio * total_steps)
-    return 0
+        return int(t.warmup_ratio * total_steps)
+    return min(int(0.03 * total_steps), 100)
 
 
 # tuner's names -> transformers' schedule names (all with linear warmup first).
