@@ -82,7 +82,8 @@ def test_empty_axolotl_key_is_accepted():
 def test_literal_error_lists_allowed_values_and_did_you_mean():
     lines = problems(BASE.replace("type: alpaca", "type: alpacca"))
     assert lines == [
-        "datasets[0].type (line 4): 'alpacca' is not valid: expected one of alpaca, completion. Did you mean 'alpaca'?"
+        "datasets[0].type (line 4): 'alpacca' is not valid: expected one of alpaca, completion, chat_template, "
+        "input_output; or expected a mapping of keys to values. Did you mean 'alpaca'?"
     ]
 
 

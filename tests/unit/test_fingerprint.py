@@ -30,7 +30,7 @@ def setup(tmp_path, smol_tokenizer_dir):
         values.update(overrides)
         cfg = make_config(tmp_path, **values)
         files = [tok_dir / n for n in TOKENIZER_FILES if (tok_dir / n).is_file()]
-        return cache.fingerprint(cfg, files, [f"file:{cache.file_sha256(data)}"])[0]
+        return cache.fingerprint(cfg, "datasets", files, [f"file:{cache.file_sha256(data)}"])[0]
 
     return fp, tok_dir, data
 

@@ -23,6 +23,7 @@ from tuner.config.schema import (
     Problem,
     SpecialTokens,
     TunerConfig,
+    UserDefinedFormat,
     block_of,
     check_rules,
 )
@@ -318,13 +319,20 @@ def validate_raw(raw: RawConfig, check_class_names: bool = True) -> TunerConfig:
     problems += _unknown_key_problems(data, known_top, axolotl_keys.TOP_LEVEL, (), "top-level")
 
     # Nested mappings with their own unknown-key handling.
-    if isinstance(data.get("datasets"), list):
-        data["datasets"] = [dict(d) if isinstance(d, dict) else d for d in data["datasets"]]
-        for i, ds in enumerate(data["datasets"]):
-            if isinstance(ds, dict):
+    for key in ("datasets", "test_datasets"):
+        if isinstance(data.get(key), list):
+            data[key] = [dict(d) if isinstance(d, dict) else d for d in data[key]]
+            for i, ds in enumerate(data[key]):
+                if not isinstance(ds, dict):
+                    continue
                 problems += _unknown_key_problems(
-                    ds, set(DatasetConfig.model_fields), axolotl_keys.DATASET, ("datasets", i), "dataset"
+                    ds, set(DatasetConfig.model_fields), axolotl_keys.DATASET, (key, i), "dataset"
                 )
+                if isinstance(ds.get("type"), dict):
+                    ds["type"] = dict(ds["type"])
+                    problems += _unknown_key_problems(
+                        ds["type"], set(UserDefinedFormat.model_fields), {}, (key, i, "type"), "user-defined format"
+                    )
     if isinstance(data.get("special_tokens"), dict):
         data["special_tokens"] = dict(data["special_tokens"])
         problems += _unknown_key_problems(

@@ -22,7 +22,9 @@ PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Precision = Union[bool, Literal["auto"]]
 
-DATASET_TYPES = ("alpaca", "completion")
+DATASET_TYPES = ("alpaca", "completion", "chat_template", "input_output")
+CHAT_TEMPLATES = ("tokenizer_default", "chatml", "llama3", "jinja")
+TRAIN_ON_EOS = ("turn", "all", "last", "none")
 FILE_TYPES = ("json", "csv", "parquet")
 SCHEDULERS = ("linear", "cosine", "constant")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
@@ -50,12 +52,35 @@ class SpecialTokens(Block):
     unk_token: str | None = None
 
 
+class UserDefinedFormat(Block):
+    """`type` given as a mapping: an instruction format of your own (Axolotl's user-defined type)."""
+
+    format: str = Field(description="Prompt with {instruction} and {input}, e.g. '[INST] {instruction} {input} [/INST]'.")
+    no_input_format: str | None = Field(
+        default=None, description="Prompt for rows without an input (default: `format`)."
+    )
+    field_instruction: str = Field(default="instruction", description="Column with the instruction.")
+    field_input: str = Field(default="input", description="Column with the optional input.")
+    field_output: str = Field(default="output", description="Column with the trained answer.")
+    field_system: str | None = Field(default=None, description="Column with a per-row system prompt.")
+    system_prompt: str = Field(default="", description="System prompt for rows without `field_system`.")
+    system_format: str = Field(default="{system}", description="How the system prompt is written before the prompt.")
+
+
+# Dataset keys that only mean something for `type: chat_template`.
+CHAT_KEYS = ("field_messages", "message_property_mappings", "roles", "roles_to_train", "train_on_eos", "message_field_training")
+
+
 class DatasetConfig(Block):
-    """One entry of `datasets`."""
+    """One entry of `datasets` (or `test_datasets`)."""
 
     path: str = Field(description="A local file or folder, or a Hugging Face Hub dataset id.")
-    type: Literal[DATASET_TYPES] = Field(  # type: ignore[valid-type]
-        description="How rows are turned into a prompt and a trained completion."
+    type: Literal[DATASET_TYPES] | UserDefinedFormat | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description=(
+            "How rows become a prompt and a trained completion: alpaca, completion, chat_template, "
+            "input_output, a mapping (user-defined format), or left out for pre-tokenized rows."
+        ),
     )
     data_files: str | list[str] | None = Field(
         default=None, description="Files to load from `path` (a folder or hub repo)."
@@ -69,6 +94,33 @@ class DatasetConfig(Block):
     field: str | None = Field(
         default=None, description="`completion` only: the text column (default `text`)."
     )
+    # chat_template only
+    field_messages: str = Field(default="messages", description="chat_template: the column holding the messages.")
+    message_property_mappings: dict[str, str] | None = Field(
+        default=None,
+        description="chat_template: message keys to read, e.g. {role: from, content: value} for ShareGPT rows.",
+    )
+    roles: dict[str, list[str]] | None = Field(
+        default=None,
+        description="chat_template: role names as written in the data, per role, e.g. {user: [human], assistant: [gpt]}.",
+    )
+    roles_to_train: list[str] = Field(
+        default=["assistant"], description="chat_template: roles whose messages are trained."
+    )
+    train_on_eos: Literal[TRAIN_ON_EOS] = Field(  # type: ignore[valid-type]
+        default="turn",
+        description="chat_template: which end-of-turn tokens train: turn (of trained turns), all, last, none.",
+    )
+    message_field_training: str = Field(
+        default="training", description="chat_template: a per-message true/false that overrides roles_to_train."
+    )
+
+    @property
+    def kind(self) -> str:
+        """'alpaca' | 'completion' | 'chat_template' | 'input_output' | 'user_defined' | 'pretokenized'."""
+        if self.type is None:
+            return "pretokenized"
+        return "user_defined" if isinstance(self.type, UserDefinedFormat) else self.type
 
 
 class ModelBlock(Block):
@@ -134,6 +186,16 @@ class DataBlock(Block):
     )
     train_on_inputs: bool = Field(
         default=False, description="Train on prompt tokens too (not only the completion)."
+    )
+    test_datasets: list[DatasetConfig] | None = Field(
+        default=None, description="An explicit evaluation set (instead of holding out val_set_size rows)."
+    )
+    chat_template: Literal[CHAT_TEMPLATES] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="Template for chat_template datasets: tokenizer_default, chatml, llama3, or jinja (with chat_template_jinja).",
+    )
+    chat_template_jinja: str | None = Field(
+        default=None, description="A Jinja chat template of your own (implies chat_template: jinja)."
     )
     skip_invalid_rows: bool = Field(
         default=False,
@@ -246,6 +308,11 @@ class TunerConfig(BaseModel):
         values = getattr(self, name).model_dump(mode="json")
         if name == "adapter" and self.adapter.adapter is None:
             values = {"adapter": None}
+        if name == "data":
+            for key in ("datasets", "test_datasets"):
+                for entry, ds in zip(values.get(key) or [], getattr(self.data, key) or []):
+                    for chat_key in CHAT_KEYS if ds.kind != "chat_template" else ():
+                        entry.pop(chat_key)
         return values
 
     def to_flat(self) -> dict[str, Any]:
@@ -307,12 +374,54 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
         except re.error as err:
             problems.append(Problem(("lora_target_modules",), f"not a valid regular expression: {err}."))
 
-    if t.eval_steps is not None and not cfg.data.val_set_size:
-        problems.append(Problem(("eval_steps",), "eval_steps is set but val_set_size is 0, so there is nothing to evaluate."))
+    if t.eval_steps is not None and not cfg.data.val_set_size and not cfg.data.test_datasets:
+        problems.append(
+            Problem(("eval_steps",), "eval_steps is set but there is nothing to evaluate: set val_set_size or test_datasets.")
+        )
 
-    for i, ds in enumerate(cfg.data.datasets):
-        if ds.field is not None and ds.type != "completion":
-            problems.append(
-                Problem(("datasets", i, "field"), f"`field` applies to type completion only, not {ds.type}.")
-            )
+    d = cfg.data
+    if d.test_datasets and d.val_set_size:
+        problems.append(Problem(("val_set_size",), "val_set_size and test_datasets are both set; evaluate on one of them."))
+    if d.chat_template == "jinja" and not d.chat_template_jinja:
+        problems.append(Problem(("chat_template",), "chat_template: jinja needs the template in chat_template_jinja."))
+    if d.chat_template_jinja and d.chat_template not in (None, "jinja"):
+        problems.append(
+            Problem(("chat_template_jinja",), f"chat_template_jinja is set but chat_template is {d.chat_template}; remove one.")
+        )
+    for key, entries in (("datasets", d.datasets), ("test_datasets", d.test_datasets or [])):
+        for i, ds in enumerate(entries):
+            if ds.field is not None and ds.kind != "completion":
+                problems.append(Problem((key, i, "field"), f"`field` applies to type completion only, not {ds.kind}."))
+            if ds.kind != "chat_template":
+                for name in sorted(set(CHAT_KEYS) & ds.model_fields_set):
+                    problems.append(Problem((key, i, name), f"{name} applies to type chat_template only, not {ds.kind}."))
+            if isinstance(ds.type, UserDefinedFormat):
+                problems += _format_problems(ds.type, (key, i, "type"))
+    return problems
+
+
+def _format_problems(fmt: UserDefinedFormat, path: tuple[Any, ...]) -> list[Problem]:
+    import string
+
+    out = []
+    allowed = {"instruction", "input"}
+    for name in ("format", "no_input_format"):
+        text = getattr(fmt, name)
+        if text is None:
+            continue
+        try:
+            used = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+        except ValueError as err:
+            out.append(Problem(path + (name,), f"{text!r} is not a valid format string: {err}."))
+            continue
+        unknown = sorted(used - allowed)
+        if unknown:
+            out.append(Problem(path + (name,), f"{text!r} uses {{{unknown[0]}}}; allowed placeholders: {{instruction}}, {{input}}."))
+        elif name == "format" and "instruction" not in used:
+            out.append(Problem(path + (name,), f"{text!r} has no {{instruction}} placeholder."))
+    try:
+        fmt.system_format.format(system="")
+    except (KeyError, IndexError, ValueError):
+        out.append(Problem(path + ("system_format",), f"{fmt.system_format!r} may only use {{system}}."))
+    return out
     return problems

@@ -38,11 +38,11 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def token_keys(cfg: TunerConfig) -> dict[str, Any]:
-    """The config keys whose values change the prepared tokens."""
+def token_keys(cfg: TunerConfig, key: str = "datasets") -> dict[str, Any]:
+    """The config keys whose values change the prepared tokens of `datasets` (or `test_datasets`)."""
     d, m = cfg.data, cfg.model
     return {
-        "datasets": [ds.model_dump(mode="json") for ds in d.datasets],
+        key: [ds.model_dump(mode="json") for ds in getattr(d, key) or []],
         "sequence_len": d.sequence_len,
         "excess_length_strategy": d.excess_length_strategy,
         "train_on_inputs": d.train_on_inputs,
@@ -53,16 +53,19 @@ def token_keys(cfg: TunerConfig) -> dict[str, Any]:
     }
 
 
-def fingerprint(cfg: TunerConfig, tokenizer_files: list[Path], data_ids: list[str]) -> tuple[str, dict[str, Any]]:
+def fingerprint(
+    cfg: TunerConfig, key: str, tokenizer_files: list[Path], data_ids: list[str], template: str | None = None
+) -> tuple[str, dict[str, Any]]:
     """(hex fingerprint, the inputs it was computed from).
 
     `data_ids` identifies the data contents: sha256 of each local file, or a hub dataset's
-    own fingerprint.
+    own fingerprint. `template` is the chat template text the rows are rendered with.
     """
     inputs = {
         "tuner_version": __version__,
-        "keys": token_keys(cfg),
+        "keys": token_keys(cfg, key),
         "tokenizer_files": {p.name: file_sha256(p) for p in tokenizer_files},
+        "chat_template": hashlib.sha256(template.encode()).hexdigest() if template else None,
         "data": data_ids,
     }
     blob = json.dumps(inputs, sort_keys=True).encode()

@@ -36,32 +36,34 @@ ROW = "_row"
 class RawSource:
     """One file (or hub split) of a dataset entry."""
 
-    index: int  # position in `datasets`
+    index: int  # position in `datasets` (or `test_datasets`)
     label: str  # file path or hub id, for messages
     file: Path | None  # local file, None for hub data
     file_type: str | None
+    key: str = "datasets"
     invalid: list[tuple[int, str]] = field(default_factory=list)  # (0-based row, problem), when skipped
 
     def where(self, row: int | None = None) -> str:
         """'datasets[0] (data/x.jsonl), row 17' (rows are counted from 1)."""
-        text = f"datasets[{self.index}] ({self.label})"
+        text = f"{self.key}[{self.index}] ({self.label})"
         return text if row is None else f"{text}, row {row + 1}"
 
 
-def _file_type(path: Path, ds: DatasetConfig, index: int) -> str:
+def _file_type(path: Path, ds: DatasetConfig, where: str) -> str:
     if ds.ds_type:
         return ds.ds_type
     kind = EXTENSIONS.get(path.suffix.lower())
     if kind is None:
         raise UserError(
-            f"datasets[{index}].path: cannot tell the format of {path} from its extension; "
+            f"{where}.path: cannot tell the format of {path} from its extension; "
             f"set ds_type to one of {', '.join(FILE_TYPES)}"
         )
     return kind
 
 
-def local_sources(ds: DatasetConfig, index: int) -> list[RawSource] | None:
+def local_sources(ds: DatasetConfig, index: int, key: str = "datasets") -> list[RawSource] | None:
     """The local files of a dataset entry, or None when `path` is not local (a hub id)."""
+    where = f"{key}[{index}]"
     path = Path(ds.path).expanduser()
     if path.is_file():
         files = [path]
@@ -71,21 +73,21 @@ def local_sources(ds: DatasetConfig, index: int) -> list[RawSource] | None:
             files = [path / n for n in names]
             missing = [str(f) for f in files if not f.is_file()]
             if missing:
-                raise UserError(f"datasets[{index}].data_files: not found: {', '.join(missing)}")
+                raise UserError(f"{where}.data_files: not found: {', '.join(missing)}")
         else:
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in EXTENSIONS and p.is_file())
             if not files:
                 raise UserError(
-                    f"datasets[{index}].path: the folder {path} holds no .json/.jsonl/.csv/.parquet files"
+                    f"{where}.path: the folder {path} holds no .json/.jsonl/.csv/.parquet files"
                 )
     elif ds.path.startswith((".", "/", "~")) or (os.sep in ds.path and not _hub_like(ds.path)) or path.suffix.lower() in EXTENSIONS:
-        raise UserError(f"datasets[{index}].path: {ds.path!r} does not exist (looked for {path.resolve()})")
+        raise UserError(f"{where}.path: {ds.path!r} does not exist (looked for {path.resolve()})")
     else:
         return None
     for f in files:
         if not os.access(f, os.R_OK):
-            raise UserError(f"datasets[{index}].path: {f} is not readable (permissions)")
-    return [RawSource(index, str(f), f, _file_type(f, ds, index)) for f in files]
+            raise UserError(f"{where}.path: {f} is not readable (permissions)")
+    return [RawSource(index, str(f), f, _file_type(f, ds, where), key) for f in files]
 
 
 def _hub_like(text: str) -> bool:
@@ -113,10 +115,10 @@ def load_source(src: RawSource, ds: DatasetConfig, skip_invalid: bool) -> Datase
     return data.add_column(ROW, list(range(data.num_rows)))
 
 
-def load_hub(ds: DatasetConfig, index: int) -> tuple[RawSource, Dataset]:
+def load_hub(ds: DatasetConfig, index: int, key: str = "datasets") -> tuple[RawSource, Dataset]:
     from datasets import load_dataset
 
-    src = RawSource(index, f"{ds.path}, split {ds.split}", None, None)
+    src = RawSource(index, f"{ds.path}, split {ds.split}", None, None, key)
     try:
         data = load_dataset(ds.path, name=ds.name, data_files=ds.data_files, split=ds.split)
     except Exception as err:  # noqa: BLE001
@@ -124,7 +126,7 @@ def load_hub(ds: DatasetConfig, index: int) -> tuple[RawSource, Dataset]:
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         hint = " (HF_HUB_OFFLINE is set: only datasets already in the local cache can load)" if offline else ""
         raise UserError(
-            f"datasets[{index}].path: {ds.path!r} is not a local file or folder, and loading it as a "
+            f"{key}[{index}].path: {ds.path!r} is not a local file or folder, and loading it as a "
             f"Hugging Face Hub dataset failed{hint}: {first}"
         ) from None
     return src, data.add_column(ROW, list(range(data.num_rows)))
@@ -194,6 +196,14 @@ def _is_utf8(path: Path) -> bool:
     return True
 
 
+def check_row(fmt: Any, row: dict[str, Any], ds: DatasetConfig) -> None:
+    """The format's own checks of one row (without a tokenizer). Raises FieldError."""
+    if hasattr(fmt, "check"):
+        fmt.check(row, ds)
+    else:
+        fmt.segments(row, ds)
+
+
 def _has_surrogates(text: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in text)
 
@@ -204,14 +214,14 @@ def _from_python_rows(
     """Validate rows read in Python with the dataset type's own field checks; keep its fields."""
     from datasets import Dataset
 
-    fmt = get_format(ds.type)
+    fmt = get_format(ds.kind)
     fields = fmt.field_names(ds)
     kept: list[dict[str, Any]] = []
     for index, value in rows:
         problem = value if isinstance(value, str) else None
         if problem is None:
             try:
-                fmt.segments(value, ds)
+                check_row(fmt, value, ds)
             except FieldError as err:
                 problem = str(err)
         if problem is not None:

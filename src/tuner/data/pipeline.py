@@ -1,8 +1,8 @@
 """The data stage: load -> format -> tokenize -> filter -> cache -> split.
 
 `prepare` is the only entry point. It returns the prepared training rows (and evaluation
-rows when `val_set_size` asks for them), reusing the prepared-dataset cache when the
-fingerprint matches. This stage loads a tokenizer, never model weights.
+rows: `test_datasets`, or `val_set_size` rows held out), reusing the prepared-dataset cache
+when the fingerprint matches. This stage loads a tokenizer, never model weights.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.config.schema import DatasetConfig, TunerConfig
-from tuner.data import cache
+from tuner.data import cache, templates
 from tuner.data.formats import FieldError, get_format
 from tuner.data.load import ROW, RawSource, load_hub, load_source, local_sources
-from tuner.data.tokenize import KEPT, NOTHING_TO_TRAIN, TOO_LONG, TokenizeSettings, tokenize_rows
+from tuner.data.tokenize import KEPT, NOTHING_TO_TRAIN, TOO_LONG, TokenizeSettings, finish_row, tokenize_rows
 from tuner.errors import UserError
 
 if TYPE_CHECKING:
@@ -39,76 +39,105 @@ class PreparedData:
     path: Path
     reused: bool
     stats: dict[str, Any] = field(default_factory=dict)
+    eval_stats: dict[str, Any] | None = None
+    chat_template: str | None = None  # the template chat rows were rendered with
 
     def summary(self) -> str:
-        s = self.stats
         lines = [f"prepared dataset: {self.path} ({'reused' if self.reused else 'new'})"]
-        for src in s["sources"]:
-            dropped = []
-            examples = src.get("dropped_examples", {})
-            for key, what in (("too_long", "longer than sequence_len"), ("nothing_to_train", "with nothing to train"),
-                              ("invalid", "invalid")):
-                if src.get(key):
-                    rows = examples.get(key)
-                    at = f" (rows {', '.join(map(str, rows))}{', ...' if src[key] > len(rows) else ''})" if rows else ""
-                    dropped.append(f"{src[key]} {what}{at}")
-            extra = f", dropped {'; '.join(dropped)}" if dropped else ""
-            trunc = f", {src['truncated']} truncated" if src.get("truncated") else ""
-            lines.append(f"  {src['where']}: {src['read']} rows read, {src['kept']} kept{extra}{trunc}")
-            lines.extend(f"    invalid {e}" for e in src.get("invalid_examples", []))
-        lines.append(
-            f"  total: {s['rows']} rows, {s['tokens']:,} tokens, {s['trained_tokens']:,} trained"
-        )
+        lines += describe(self.stats)
+        if self.eval_stats is not None:
+            lines.append("  evaluation (test_datasets):")
+            lines += ["  " + line for line in describe(self.eval_stats)]
         n_eval = 0 if self.eval is None else self.eval.num_rows
         lines.append(f"  split: {self.train.num_rows} train rows, {n_eval} eval rows")
         return "\n".join(lines)
 
 
-def _tokenize_batch(
-    batch: dict[str, list[Any]],
-    *,
-    ds: DatasetConfig,
-    src: RawSource,
-    tokenizer: Any,
-    settings: TokenizeSettings,
-    skip_invalid: bool,
-) -> dict[str, list[Any]]:
-    fmt = get_format(ds.type)
-    names = [n for n in batch if n != ROW]
-    segments, problems = [], []
-    for values, index in zip(zip(*(batch[n] for n in names)), batch[ROW]):
+def describe(stats: dict[str, Any]) -> list[str]:
+    """Per-source counts (read, kept, dropped and why, with row numbers) and totals."""
+    lines = []
+    for src in stats["sources"]:
+        dropped = []
+        examples = src.get("dropped_examples", {})
+        for key, what in (("too_long", "longer than sequence_len"), ("nothing_to_train", "with nothing to train"),
+                          ("invalid", "invalid")):
+            if src.get(key):
+                rows = examples.get(key)
+                at = f" (rows {', '.join(map(str, rows))}{', ...' if src[key] > len(rows) else ''})" if rows else ""
+                dropped.append(f"{src[key]} {what}{at}")
+        extra = f", dropped {'; '.join(dropped)}" if dropped else ""
+        trunc = f", {src['truncated']} truncated" if src.get("truncated") else ""
+        lines.append(f"  {src['where']}: {src['read']} rows read, {src['kept']} kept{extra}{trunc}")
+        lines.extend(f"    invalid {e}" for e in src.get("invalid_examples", []))
+    lines.append(f"  total: {stats['rows']} rows, {stats['tokens']:,} tokens, {stats['trained_tokens']:,} trained")
+    return lines
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """What turning rows into tokens needs: the tokenizer, the chat template, the policies."""
+
+    tokenizer: Any
+    template: str | None
+    settings: TokenizeSettings
+    skip_invalid: bool
+
+
+def _encode_rows(rows: list[dict[str, Any]], ds: DatasetConfig, enc: Encoder) -> list[dict[str, Any] | FieldError]:
+    """Tokenized rows (see tokenize.finish_row), or the FieldError of each bad row."""
+    kind, fmt = ds.kind, get_format(ds.kind)
+    if kind in ("chat_template", "pretokenized"):
+        out: list[dict[str, Any] | FieldError] = []
+        for row in rows:
+            try:
+                if kind == "chat_template":
+                    ids, labels = fmt.encode(row, ds, enc.tokenizer, enc.template, enc.settings.train_on_inputs)
+                else:
+                    ids, labels = fmt.encode(row, len(enc.tokenizer))
+                out.append(finish_row(ids, labels, enc.settings))
+            except FieldError as err:
+                out.append(err)
+        return out
+    segments: list[Any] = []
+    for row in rows:
         try:
-            segments.append(fmt.segments(dict(zip(names, values)), ds))
-            problems.append("")
+            segments.append(fmt.segments(row, ds))
         except FieldError as err:
-            if not skip_invalid:
-                raise UserError(
-                    f"{src.where(index)}: {err}. Type {ds.type} reads the fields {', '.join(fmt.field_names(ds))}"
-                    f" (this file has: {', '.join(names)})"
-                ) from None
-            segments.append(None)
-            problems.append(str(err))
-    rows = iter(tokenize_rows([s for s in segments if s is not None], tokenizer, settings))
-    empty = {"input_ids": [], "attention_mask": [], "labels": [], "status": INVALID, "truncated": False}
+            segments.append(err)
+    encoded = iter(tokenize_rows(
+        [s for s in segments if not isinstance(s, FieldError)], enc.tokenizer, enc.settings,
+        special_tokens_first=getattr(fmt, "SPECIAL_TOKENS_FIRST", True), append_eos=getattr(fmt, "APPEND_EOS", True),
+    ))
+    return [s if isinstance(s, FieldError) else next(encoded) for s in segments]
+
+
+def _tokenize_batch(batch: dict[str, list[Any]], *, ds: DatasetConfig, src: RawSource, enc: Encoder) -> dict[str, list[Any]]:
+    names = [n for n in batch if n != ROW]
+    rows = [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
     out: dict[str, list[Any]] = {k: [] for k in (*COLUMNS, "status", "truncated", "problem", ROW)}
-    for seg, problem, index in zip(segments, problems, batch[ROW]):
-        row = next(rows) if seg is not None else empty
-        if row["status"] == TOO_LONG and settings.excess_length_strategy == "raise":
+    for result, index in zip(_encode_rows(rows, ds, enc), batch[ROW]):
+        problem = ""
+        if isinstance(result, FieldError):
+            if not enc.skip_invalid:
+                fields = ", ".join(get_format(ds.kind).field_names(ds))
+                raise UserError(
+                    f"{src.where(index)}: {result}. Type {ds.kind} reads {fields} (this file has: {', '.join(names)})"
+                )
+            problem = str(result)
+            result = {"input_ids": [], "attention_mask": [], "labels": [], "status": INVALID, "truncated": False}
+        elif result["status"] == TOO_LONG and enc.settings.excess_length_strategy == "raise":
             raise UserError(
-                f"{src.where(index)}: is {len(row['input_ids'])} tokens long, more than sequence_len "
-                f"{settings.sequence_len} (excess_length_strategy: raise; use drop or truncate to go on)"
+                f"{src.where(index)}: is {len(result['input_ids'])} tokens long, more than sequence_len "
+                f"{enc.settings.sequence_len} (excess_length_strategy: raise; use drop or truncate to go on)"
             )
         for key in (*COLUMNS, "status", "truncated"):
-            out[key].append(row[key])
+            out[key].append(result[key])
         out["problem"].append(problem)
         out[ROW].append(index)
     return out
 
 
-def _tokenize_source(
-    raw: Dataset, ds: DatasetConfig, src: RawSource, tokenizer: Any, settings: TokenizeSettings,
-    num_proc: int | None, skip_invalid: bool,
-) -> tuple[Dataset, dict[str, Any]]:
+def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, num_proc: int | None) -> tuple[Dataset, dict[str, Any]]:
     import numpy as np
     from datasets import Features, Sequence, Value
 
@@ -123,9 +152,8 @@ def _tokenize_source(
             ROW: Value("int64"),
         }
     )
-    fn = partial(_tokenize_batch, ds=ds, src=src, tokenizer=tokenizer, settings=settings, skip_invalid=skip_invalid)
     mapped = raw.map(
-        fn,
+        partial(_tokenize_batch, ds=ds, src=src, enc=enc),
         batched=True,
         batch_size=1000,
         remove_columns=raw.column_names,
@@ -136,10 +164,11 @@ def _tokenize_source(
         desc=f"tokenizing {src.label}",
     )
     status = np.asarray(mapped["status"])
-    truncated = int(np.asarray(mapped["truncated"]).sum())
+    row_numbers = np.asarray(mapped[ROW])
     kept = mapped.select(np.flatnonzero(status == KEPT)).remove_columns(["status", "truncated", "problem", ROW])
     invalid_idx = np.flatnonzero(status == INVALID)
-    invalid = src.invalid + [(mapped[int(i)][ROW], mapped[int(i)]["problem"]) for i in invalid_idx[:SHOWN_ROWS]]
+    problems = mapped.select(invalid_idx[:SHOWN_ROWS])["problem"] if len(invalid_idx) else []
+    invalid = src.invalid + [(int(row_numbers[i]), p) for i, p in zip(invalid_idx[:SHOWN_ROWS], problems)]
     stats = {
         "where": src.where(),
         "read": raw.num_rows + len(src.invalid),
@@ -149,40 +178,36 @@ def _tokenize_source(
         "invalid": len(src.invalid) + len(invalid_idx),
         "invalid_examples": [f"row {row + 1}: {problem}" for row, problem in sorted(invalid)[:SHOWN_ROWS]],
         "dropped_examples": {
-            name: [int(r) + 1 for r in np.asarray(mapped[ROW])[status == code][:SHOWN_ROWS]]
+            name: [int(r) + 1 for r in row_numbers[status == code][:SHOWN_ROWS]]
             for name, code in (("too_long", TOO_LONG), ("nothing_to_train", NOTHING_TO_TRAIN))
         },
-        "truncated": truncated,
+        "truncated": int(np.asarray(mapped["truncated"]).sum()),
     }
     return kept, stats
 
 
-def _build(cfg: TunerConfig, loaded: list[tuple[DatasetConfig, RawSource, Dataset]], tokenizer: Any) -> tuple[Dataset, dict[str, Any]]:
+def _build(entries: list[tuple[DatasetConfig, RawSource, Dataset]], enc: Encoder, num_proc: int | None) -> tuple[Dataset, dict[str, Any]]:
     import numpy as np
     from datasets import concatenate_datasets
 
-    d = cfg.data
-    settings = TokenizeSettings(d.sequence_len, d.excess_length_strategy, d.train_on_inputs)
     parts, sources = [], []
-    for ds, src, raw in loaded:
-        part, stats = _tokenize_source(raw, ds, src, tokenizer, settings, d.dataset_num_proc, d.skip_invalid_rows)
+    for ds, src, raw in entries:
+        part, stats = _tokenize_source(raw, ds, src, enc, num_proc)
         parts.append(part)
         sources.append(stats)
     rows = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     if rows.num_rows == 0:
         raise UserError(
-            "no rows left to train on after tokenization:\n"
+            "no rows left after tokenization:\n"
             + "\n".join(
-                f"  {s['where']}: {s['read']} read, {s['too_long']} longer than sequence_len {d.sequence_len}, "
-                f"{s['nothing_to_train']} with nothing to train"
+                f"  {s['where']}: {s['read']} read, {s['too_long']} longer than sequence_len "
+                f"{enc.settings.sequence_len}, {s['nothing_to_train']} with nothing to train, {s['invalid']} invalid"
                 for s in sources
             )
         )
     lengths = np.fromiter((len(x) for x in rows["input_ids"]), dtype=np.int64, count=rows.num_rows)
-    labels = rows.with_format("numpy")["labels"]
-    trained = int(sum(int((np.asarray(lab)[1:] != -100).sum()) for lab in labels))
-    stats = {"sources": sources, "rows": rows.num_rows, "tokens": int(lengths.sum()), "trained_tokens": trained}
-    return rows, stats
+    trained = int(sum(int((np.asarray(lab)[1:] != -100).sum()) for lab in rows.with_format("numpy")["labels"]))
+    return rows, {"sources": sources, "rows": rows.num_rows, "tokens": int(lengths.sum()), "trained_tokens": trained}
 
 
 def split_eval(rows: Dataset, val_set_size: float, seed: int) -> tuple[Dataset, Dataset | None]:
@@ -204,33 +229,48 @@ def split_eval(rows: Dataset, val_set_size: float, seed: int) -> tuple[Dataset, 
     return rows.select(np.sort(order[k:])), rows.select(np.sort(order[:k]))
 
 
-def prepare(cfg: TunerConfig, tokenizer: Any, tokenizer_files: list[Path]) -> PreparedData:
-    """Prepared rows for `cfg`, from the cache when its fingerprint matches."""
+def _prepared(
+    cfg: TunerConfig, key: str, entries_cfg: list[DatasetConfig], enc: Encoder, tokenizer_files: list[Path]
+) -> tuple[Dataset, dict[str, Any], str, bool]:
+    """(rows, stats, fingerprint, reused) for `datasets` or `test_datasets`."""
     entries: list[tuple[DatasetConfig, RawSource, Dataset | None]] = []
     data_ids: list[str] = []
-    for i, ds in enumerate(cfg.data.datasets):
-        local = local_sources(ds, i)
+    for i, ds in enumerate(entries_cfg):
+        local = local_sources(ds, i, key)
         if local is None:
-            src, data = load_hub(ds, i)
+            src, data = load_hub(ds, i, key)
             entries.append((ds, src, data))
             data_ids.append(f"hub:{ds.path}:{ds.name}:{ds.split}:{data._fingerprint}")
         else:
             for src in local:
                 entries.append((ds, src, None))
                 data_ids.append(f"file:{cache.file_sha256(src.file)}")
-
-    fp, inputs = cache.fingerprint(cfg, tokenizer_files, data_ids)
+    fp, inputs = cache.fingerprint(cfg, key, tokenizer_files, data_ids, enc.template)
     root = Path(cfg.data.dataset_prepared_path)
     found = cache.load(root, fp)
-    reused = found is not None
     if found is not None:
         rows, meta = found
-        stats = meta["stats"]
-    else:
-        skip = cfg.data.skip_invalid_rows
-        loaded = [(ds, src, data if data is not None else load_source(src, ds, skip)) for ds, src, data in entries]
-        rows, stats = _build(cfg, loaded, tokenizer)
-        cache.save(root, fp, rows, {"inputs": inputs, "stats": stats})
-        rows = cache.load(root, fp)[0]  # memory-mapped from disk, like a reused dataset
-    train, evaluation = split_eval(rows, cfg.data.val_set_size, cfg.training.seed)
-    return PreparedData(train, evaluation, fp, root / fp, reused, stats)
+        return rows, meta["stats"], fp, True
+    loaded = [(ds, src, data if data is not None else load_source(src, ds, enc.skip_invalid)) for ds, src, data in entries]
+    rows, stats = _build(loaded, enc, cfg.data.dataset_num_proc)
+    cache.save(root, fp, rows, {"inputs": inputs, "stats": stats})
+    return cache.load(root, fp)[0], stats, fp, False  # memory-mapped from disk, like a reused dataset
+
+
+def prepare(cfg: TunerConfig, tokenizer: Any, tokenizer_files: list[Path]) -> PreparedData:
+    """Prepared rows for `cfg`, from the cache when its fingerprint matches.
+
+    The chat template the data is rendered with is returned with it (`chat_template`), for
+    the tokenizer saved with the trained model.
+    """
+    d = cfg.data
+    template = templates.resolve(d, tokenizer)
+    enc = Encoder(tokenizer, template, TokenizeSettings(d.sequence_len, d.excess_length_strategy, d.train_on_inputs),
+                  d.skip_invalid_rows)
+    rows, stats, fp, reused = _prepared(cfg, "datasets", d.datasets, enc, tokenizer_files)
+    root = Path(d.dataset_prepared_path)
+    if d.test_datasets:
+        evaluation, eval_stats, _, _ = _prepared(cfg, "test_datasets", d.test_datasets, enc, tokenizer_files)
+        return PreparedData(rows, evaluation, fp, root / fp, reused, stats, eval_stats, template)
+    train, evaluation = split_eval(rows, d.val_set_size, cfg.training.seed)
+    return PreparedData(train, evaluation, fp, root / fp, reused, stats, chat_template=template)

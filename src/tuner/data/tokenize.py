@@ -7,7 +7,7 @@ Rules, the same for every dataset type:
   * a trained segment's tokens keep their ids as labels, others get -100
     (`train_on_inputs: true` trains every token);
   * EOS is appended (unless the text already ends with it) and trained whenever the last
-    segment is;
+    segment is (input_output rows are taken as written: no special tokens, no EOS);
   * rows longer than `sequence_len` follow `excess_length_strategy` (drop | truncate |
     raise); rows with no trained token left are dropped; both are counted.
 Labels are built here, once. The training loop never re-derives a mask.
@@ -32,7 +32,13 @@ class TokenizeSettings:
     train_on_inputs: bool
 
 
-def tokenize_rows(rows: list[list[Segment]], tokenizer: Any, settings: TokenizeSettings) -> list[dict[str, Any]]:
+def tokenize_rows(
+    rows: list[list[Segment]],
+    tokenizer: Any,
+    settings: TokenizeSettings,
+    special_tokens_first: bool = True,
+    append_eos: bool = True,
+) -> list[dict[str, Any]]:
     """Tokenize many rows at once (batched calls into the fast tokenizer).
 
     Returns one dict per row with input_ids, attention_mask, labels and `status`
@@ -41,7 +47,7 @@ def tokenize_rows(rows: list[list[Segment]], tokenizer: Any, settings: TokenizeS
     """
     firsts = [segs[0].text for segs in rows]
     rest = [seg.text for segs in rows for seg in segs[1:]]
-    first_ids = tokenizer(firsts, add_special_tokens=True)["input_ids"] if firsts else []
+    first_ids = tokenizer(firsts, add_special_tokens=special_tokens_first)["input_ids"] if firsts else []
     rest_ids = tokenizer(rest, add_special_tokens=False)["input_ids"] if rest else []
     eos = tokenizer.eos_token_id
 
@@ -56,7 +62,7 @@ def tokenize_rows(rows: list[list[Segment]], tokenizer: Any, settings: TokenizeS
             ids.extend(piece)
             trained = seg.train or settings.train_on_inputs
             labels.extend(piece if trained else [IGNORE] * len(piece))
-        if not ids or ids[-1] != eos:
+        if append_eos and (not ids or ids[-1] != eos):
             ids.append(eos)
             labels.append(eos if (segs[-1].train or settings.train_on_inputs) else IGNORE)
         out.append(finish_row(ids, labels, settings))

@@ -305,6 +305,8 @@ def train(cfg: TunerConfig) -> TrainResult:
     base = resolve_base(cfg.model)
     tokenizer = load_tokenizer(cfg.model, base)
     data = prepare(cfg, tokenizer, tokenizer_files(cfg.model, base))
+    if data.chat_template is not None:
+        tokenizer.chat_template = data.chat_template  # saved with the model: the template that trained it
     if main:
         log.info(data.summary())
 

@@ -4,10 +4,13 @@ A format turns one raw row into `Segment`s: pieces of text in order, each marked
 trained (its tokens get real labels) or not (labels -100). Tokenization, EOS handling and
 length policy are the same for every format and live in `tuner.data.tokenize`.
 
-A format module exposes:
+Segment formats (alpaca, completion, input_output, user-defined) expose:
     field_names(ds) -> tuple[str, ...]   the row fields it reads
     segments(row, ds) -> list[Segment]   (raises FieldError for a bad field)
     prompt(row, ds) -> str               (the text a model is given at inference time)
+    SPECIAL_TOKENS_FIRST, APPEND_EOS     (optional flags; both true unless set)
+Chat conversations (chat_template) and pre-tokenized rows need the tokenizer itself and
+expose `encode(...)` instead; see their modules.
 """
 
 from __future__ import annotations
@@ -45,7 +48,15 @@ def text_field(row: dict[str, Any], name: str, required: bool = True) -> str:
     return value
 
 
-def get_format(name: str) -> ModuleType:
-    from tuner.data.formats import alpaca, completion
+def get_format(kind: str) -> ModuleType:
+    """The module for a dataset kind (`DatasetConfig.kind`)."""
+    from tuner.data.formats import alpaca, chat_template, completion, input_output, pretokenized, user_defined
 
-    return {"alpaca": alpaca, "completion": completion}[name]
+    return {
+        "alpaca": alpaca,
+        "completion": completion,
+        "chat_template": chat_template,
+        "input_output": input_output,
+        "user_defined": user_defined,
+        "pretokenized": pretokenized,
+    }[kind]
