@@ -59,6 +59,21 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_inspect(args: argparse.Namespace, overrides: list[str]) -> int:
+    cfg = _config(args, overrides)
+    _quiet_libraries()
+    from tuner.data.inspect import report, use_colour
+    from tuner.data.pipeline import prepare
+    from tuner.models.load import load_tokenizer, resolve_base, tokenizer_files
+
+    base = resolve_base(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, base)
+    prepared = prepare(cfg, tokenizer, tokenizer_files(cfg.model, base))
+    t = cfg.training
+    print(report(prepared, tokenizer, cfg.data.sequence_len, t.micro_batch_size, t.seed, args.rows, use_colour()))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = _config(args, overrides)
     _quiet_libraries()
@@ -81,11 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
         "validate": (cmd_validate, "check a config and print it with every default filled in"),
         "preprocess": (cmd_preprocess, "tokenize the datasets into the prepared-dataset cache"),
         "train": (cmd_train, "train (preparing the datasets first when needed)"),
+        "inspect": (cmd_inspect, "show prepared rows token by token (trained ones marked) and dataset statistics"),
     }
     for name, (func, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("config", help="path to the YAML config")
+        if name == "inspect":
+            p.add_argument("--rows", type=int, default=3, help="how many prepared rows to show (default 3)")
         p.set_defaults(func=func)
     return parser
 

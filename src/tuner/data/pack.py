@@ -27,3 +27,8 @@ def pad_batch(
         out_labels[i, :n] = torch.as_tensor(labs, dtype=torch.long)
         attention_mask[i, :n] = 1
     return {"input_ids": out_ids, "attention_mask": attention_mask, "labels": out_labels}
+
+
+def shuffled_order(rows: int, seed: int) -> list[int]:
+    """The order rows are drawn in for one epoch (the training loop seeds it with seed + epoch)."""
+    return torch.randperm(rows, generator=torch.Generator().manual_seed(seed)).tolist()

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from tuner.config.schema import TrainingBlock, TunerConfig
-from tuner.data.pack import pad_batch
+from tuner.data.pack import pad_batch, shuffled_order
 from tuner.data.pipeline import prepare
 from tuner.errors import UserError
 from tuner.models.adapter import apply_lora
@@ -114,8 +114,7 @@ class StepPlan:
         return cls(rows, t.micro_batch_size, t.gradient_accumulation_steps, world_size, max(1, total), t.seed)
 
     def epoch_order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed + epoch)
-        order = torch.randperm(self.rows, generator=g).tolist()
+        order = shuffled_order(self.rows, self.seed + epoch)
         per_global = self.micro_batch_size * self.world_size
         if self.world_size > 1 and len(order) % per_global:
             order += order[: per_global - len(order) % per_global]

@@ -1,0 +1,145 @@
+"""`tuner inspect`: look at prepared rows token by token, and at the dataset's statistics.
+
+Trained tokens (those with a label; the first token of a row is never predicted, so it
+never counts) are shown in green on a terminal, and in [brackets] when the output is
+piped. The statistics are computed from the prepared rows themselves.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from tuner.data.pipeline import PreparedData, describe
+from tuner.data.tokenize import IGNORE
+
+GREEN, DIM, RESET = "\033[1;32m", "\033[2m", "\033[0m"
+
+
+def use_colour(stream: Any = sys.stdout) -> bool:
+    return stream.isatty() and not os.environ.get("NO_COLOR")
+
+
+def _show(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
+
+
+def trained_positions(labels: list[int]) -> list[bool]:
+    """Whether each position's token is trained (has a label and is not the row's first)."""
+    return [i > 0 and label != IGNORE for i, label in enumerate(labels)]
+
+
+def render_row(tokenizer: Any, input_ids: list[int], labels: list[int], colour: bool) -> str:
+    trained = trained_positions(labels)
+    parts = []
+    for tok, on in zip(input_ids, trained):
+        text = _show(tokenizer.decode([tok]))
+        if colour:
+            parts.append(f"{GREEN}{text}{RESET}" if on else f"{DIM}{text}{RESET}")
+        else:
+            parts.append(f"[{text}]" if on else text)
+    sep = "" if colour else "|"
+    spans, current = [], []
+    for tok, on in zip(input_ids, trained):
+        if on:
+            current.append(tok)
+        elif current:
+            spans.append(current)
+            current = []
+    if current:
+        spans.append(current)
+    lines = [sep.join(parts), "  trained text:"]
+    lines += [f"    {tokenizer.decode(span)!r}" for span in spans] or ["    (nothing)"]
+    return "\n".join(lines)
+
+
+@dataclass
+class Stats:
+    rows: int
+    tokens: int
+    trained: int
+    lengths: list[int]
+    pad_to_sequence_len_waste: float
+    pad_to_longest_waste: float
+
+    @property
+    def trained_share(self) -> float:
+        return self.trained / self.tokens if self.tokens else 0.0
+
+
+def percentile(sorted_values: list[int], q: float) -> int:
+    """Nearest-rank percentile of sorted values."""
+    if not sorted_values:
+        return 0
+    rank = max(1, math.ceil(q / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def compute_stats(rows: Any, sequence_len: int, micro_batch_size: int, seed: int) -> Stats:
+    """Counts from the prepared rows; padding waste of batches as training would draw them."""
+    from tuner.data.pack import shuffled_order
+
+    lengths = [len(ids) for ids in rows["input_ids"]]
+    trained = sum(sum(trained_positions(labels)) for labels in rows["labels"])
+    tokens = sum(lengths)
+    n = len(lengths)
+    order = shuffled_order(n, seed)  # the training loop's first epoch
+    slots = sum(max(lengths[i] for i in order[k : k + micro_batch_size]) * len(order[k : k + micro_batch_size])
+                for k in range(0, n, micro_batch_size))
+    return Stats(
+        rows=n, tokens=tokens, trained=trained, lengths=lengths,
+        pad_to_sequence_len_waste=1 - tokens / (n * sequence_len) if n else 0.0,
+        pad_to_longest_waste=1 - tokens / slots if slots else 0.0,
+    )
+
+
+def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
+    if not lengths:
+        return []
+    low, high = min(lengths), max(lengths)
+    step = max(1, math.ceil((high - low + 1) / bins))
+    counts = [0] * bins
+    for x in lengths:
+        counts[min((x - low) // step, bins - 1)] += 1
+    top = max(counts)
+    lines = []
+    for b, c in enumerate(counts):
+        start = low + b * step
+        if start > high:
+            break
+        bar = "#" * max(1 if c else 0, round(width * c / top))
+        lines.append(f"    {start:>6}-{min(start + step - 1, high):<6} {c:>7}  {bar}")
+    return lines
+
+
+def report(prepared: PreparedData, tokenizer: Any, sequence_len: int, micro_batch_size: int, seed: int,
+           n_rows: int, colour: bool) -> str:
+    rows = prepared.train
+    out = [f"prepared dataset: {prepared.path} ({'reused' if prepared.reused else 'new'})"]
+    for i in range(min(n_rows, rows.num_rows)):
+        row = rows[i]
+        n_trained = sum(trained_positions(row["labels"]))
+        out.append(f"\n--- row {i + 1} of {rows.num_rows}: {len(row['input_ids'])} tokens, {n_trained} trained "
+                   f"({'green' if colour else '[bracketed]'})")
+        out.append(render_row(tokenizer, row["input_ids"], row["labels"], colour))
+    s = compute_stats(rows, sequence_len, micro_batch_size, seed)
+    ordered = sorted(s.lengths)
+    out.append("\n--- statistics (training rows)")
+    out += describe(prepared.stats)
+    out.append(f"  rows: {s.rows}, tokens: {s.tokens:,}, trained tokens: {s.trained:,} ({s.trained_share:.1%} of all)")
+    out.append(
+        f"  row length in tokens: min {ordered[0] if ordered else 0}, median {percentile(ordered, 50)}, "
+        f"p95 {percentile(ordered, 95)}, max {ordered[-1] if ordered else 0}"
+    )
+    out += histogram(s.lengths)
+    out.append(
+        f"  padding waste at micro_batch_size {micro_batch_size}: {s.pad_to_longest_waste:.1%} padding to the "
+        f"longest row of each batch (as tuner trains), {s.pad_to_sequence_len_waste:.1%} padding every row to "
+        f"sequence_len {sequence_len}"
+    )
+    if prepared.eval is not None:
+        out.append(f"  evaluation rows: {prepared.eval.num_rows}")
+    return "\n".join(out)

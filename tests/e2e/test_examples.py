@@ -1,0 +1,46 @@
+"""Every runnable example: its data prepares, and the chat example trains and saves the
+template that trained it with the tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuner.config import load_config
+from tuner.data.pipeline import prepare
+from tuner.models.load import load_tokenizer, resolve_base, tokenizer_files
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted(p for p in (REPO / "examples").glob("*.yml"))
+pytestmark = pytest.mark.smollm2
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_example_data_prepares(path, tmp_path, monkeypatch, smol_model_dir):
+    monkeypatch.chdir(REPO)  # examples use paths relative to the repository root
+    cfg = load_config(path, ["--dataset_prepared_path", str(tmp_path / "prepared")])
+    base = resolve_base(cfg.model)
+    prepared = prepare(cfg, load_tokenizer(cfg.model, base), tokenizer_files(cfg.model, base))
+    assert prepared.train.num_rows > 0
+    assert prepared.stats["trained_tokens"] > 0
+    assert all(s["invalid"] == 0 for s in prepared.stats["sources"])
+
+
+def test_chat_example_trains_and_saves_its_template(tmp_path, monkeypatch, smol_model_dir):
+    from transformers import AutoTokenizer
+
+    from tuner.data.templates import CHATML
+    from tuner.train.loop import train
+
+    monkeypatch.chdir(REPO)
+    cfg = load_config(REPO / "examples" / "sharegpt.yml", [
+        "--dataset_prepared_path", str(tmp_path / "prepared"), "--output_dir", str(tmp_path / "out"),
+        "--max_steps", "2", "--num_epochs", "null",
+    ])
+    result = train(cfg)
+    assert len(result.losses) == 2
+    saved = AutoTokenizer.from_pretrained(tmp_path / "out")
+    assert saved.chat_template == CHATML  # the template that trained the model, not SmolLM2's own
+    assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["r"] == 8
