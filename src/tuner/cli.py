@@ -70,7 +70,8 @@ def cmd_inspect(args: argparse.Namespace, overrides: list[str]) -> int:
     tokenizer = load_tokenizer(cfg.model, base)
     prepared = prepare(cfg, tokenizer, tokenizer_files(cfg.model, base))
     t = cfg.training
-    print(report(prepared, tokenizer, cfg.data.sequence_len, t.micro_batch_size, t.seed, args.rows, use_colour()))
+    print(report(prepared, tokenizer, cfg.data.sequence_len, t.micro_batch_size, t.seed, args.rows, use_colour(),
+                 packing=cfg.data.sample_packing))
     return 0
 
 

@@ -30,16 +30,18 @@ def values(tmp_path, base, **extra):
 def nan_at_step(monkeypatch):
     """Make the loss of one optimizer step NaN (counting calls of the loss function)."""
     def install(bad_step: int, micro_batches: int = 1):
-        real = loop.batch_loss_sum
+        from tuner.train.loss import CausalLMLoss
+
+        real = CausalLMLoss.forward
         calls = {"n": 0}
 
-        def fake(model, batch):
+        def fake(self, **batch):
             calls["n"] += 1
-            value = real(model, batch)
+            value = real(self, **batch)
             step = (calls["n"] - 1) // micro_batches + 1
             return value * math.nan if step == bad_step else value
 
-        monkeypatch.setattr(loop, "batch_loss_sum", fake)
+        monkeypatch.setattr(CausalLMLoss, "forward", fake)
     return install
 
 

@@ -128,7 +128,7 @@ def test_eval_loss_and_perplexity(tmp_path, tiny_base):
     from tuner.data.pack import pad_batch
     from tuner.data.pipeline import prepare
     from tuner.models.load import load_tokenizer, resolve_base, tokenizer_files
-    from tuner.train.loss import batch_loss_sum, trained_token_count
+    from tuner.train.loss import CausalLMLoss, trained_token_count
 
     cfg_path, out = make_run(tmp_path, tiny_base, "run", max_steps=6, save_steps=100, val_set_size=0.25, eval_steps=2)
     res = subprocess.run(tuner_cmd("train", str(cfg_path)), capture_output=True, text=True)
@@ -145,6 +145,6 @@ def test_eval_loss_and_perplexity(tmp_path, tiny_base):
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     batch = pad_batch(data.eval["input_ids"], data.eval["labels"], 2)
     with torch.no_grad():
-        direct = float(batch_loss_sum(model, batch)) / trained_token_count(batch["labels"])
+        direct = float(CausalLMLoss(model)(**batch)) / trained_token_count(batch["labels"])
     assert evals[-1]["eval_loss"] == pytest.approx(direct, rel=1e-5)
     assert evals[-1]["eval_tokens"] == trained_token_count(batch["labels"])

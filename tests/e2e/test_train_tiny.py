@@ -114,3 +114,18 @@ def test_cli_preprocess_then_train(tmp_path, smol_tokenizer_dir):
     # A bad override is a user error: exit code 2, no traceback.
     bad = run("train", str(cfg), "--micro_batch_size", "0")
     assert bad.returncode == 2 and "micro_batch_size (command line)" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_sample_packing_trains_and_evaluates_packed(tmp_path, smol_tokenizer_dir):
+    base = make_tiny_model(tmp_path / "base", "mistral", smol_tokenizer_dir)
+    values = config_values(tmp_path, base, sample_packing=True, val_set_size=4, max_steps=10, micro_batch_size=2)
+    cfg = write_config(tmp_path / "packed.yml", **values)
+    res = subprocess.run([sys.executable, "-m", "tuner", "train", str(cfg)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    assert "sample packing: 20 rows in " in res.stderr and "packing efficiency" in res.stderr
+    metrics = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    losses = [m["loss"] for m in metrics if "loss" in m]
+    assert len(losses) == 10 and losses[-1] < losses[0]
+    assert "eval_loss" in metrics[-1]
+    inspect = subprocess.run([sys.executable, "-m", "tuner", "inspect", str(cfg), "--rows", "0"], capture_output=True, text=True)
+    assert "sample packing: 20 rows in" in inspect.stdout

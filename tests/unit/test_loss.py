@@ -7,7 +7,7 @@ import torch
 
 from tuner.data.pack import pad_batch
 from tuner.train.loop import accumulate_gradients
-from tuner.train.loss import batch_loss_sum, shifted_loss_sum, trained_token_count
+from tuner.train.loss import CausalLMLoss, shifted_loss_sum, trained_token_count
 
 
 def tiny_llama(seed=0):
@@ -36,7 +36,7 @@ def grads(model):
 
 
 def run(micro_batch, data, accelerator):
-    model = tiny_llama()
+    model = CausalLMLoss(tiny_llama())
     batches = [
         pad_batch([r[0] for r in data[i : i + micro_batch]], [r[1] for r in data[i : i + micro_batch]], 0)
         for i in range(0, len(data), micro_batch)
@@ -66,10 +66,10 @@ def test_mean_of_means_control_differs(accelerator):
     """The naive per-micro-batch mean, averaged, gives different gradients: the test above can fail."""
     data = rows()
     g_big, _ = run(8, data, accelerator)
-    model = tiny_llama()
+    model = CausalLMLoss(tiny_llama())
     for i in range(0, 8, 2):
         batch = pad_batch([r[0] for r in data[i : i + 2]], [r[1] for r in data[i : i + 2]], 0)
-        mean = batch_loss_sum(model, batch) / trained_token_count(batch["labels"])
+        mean = model(**batch) / trained_token_count(batch["labels"])
         (mean / 4).backward()
     assert (grads(model) - g_big).abs().max() > 1e-4
 
@@ -81,3 +81,34 @@ def test_shifted_loss_matches_transformers():
     out = model(input_ids=batch["input_ids"], labels=batch["labels"])
     ours = shifted_loss_sum(out.logits, batch["labels"]) / trained_token_count(batch["labels"])
     assert ours.item() == pytest.approx(out.loss.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral", "gemma", "gemma2"])
+def test_head_only_on_trained_positions_equals_full_logits(family, monkeypatch):
+    """Values and gradients, fp32, to 1e-5, with chunks smaller than the trained positions."""
+    import tuner.train.loss as loss_mod
+    from transformers import AutoModelForCausalLM, Gemma2Config, GemmaConfig, LlamaConfig, MistralConfig, Qwen2Config
+
+    common = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    config = {
+        "llama": lambda: LlamaConfig(**common), "qwen2": lambda: Qwen2Config(**common),
+        "mistral": lambda: MistralConfig(**common), "gemma": lambda: GemmaConfig(**common, head_dim=8),
+        "gemma2": lambda: Gemma2Config(**common, head_dim=8, final_logit_softcapping=5.0),
+    }[family]()
+    monkeypatch.setattr(loss_mod, "CHUNK_TOKENS", 7)  # several chunks per batch
+    data = rows()
+    batch = pad_batch([r[0] for r in data], [r[1] for r in data], 0)
+    results = []
+    for gathered in (True, False):
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config).eval()
+        wrapped = CausalLMLoss(model, gathered_head=gathered)
+        assert wrapped.gathered_head is gathered
+        value = wrapped(**batch)
+        value.backward()
+        results.append((value.detach(), grads(model)))
+    (v1, g1), (v2, g2) = results
+    assert torch.allclose(v1, v2, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-5), (g1 - g2).abs().max()
+    assert CausalLMLoss(AutoModelForCausalLM.from_config(config)).gathered_head  # the default for this family

@@ -161,6 +161,10 @@ class ModelBlock(Block):
     tokens: list[str] | None = Field(
         default=None, description="Extra tokens to add to the vocabulary."
     )
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        default="sdpa",
+        description="Attention kernel: sdpa (default), eager, or flash_attention_2 (CUDA, with flash-attn installed).",
+    )
 
 
 class DataBlock(Block):
@@ -196,6 +200,19 @@ class DataBlock(Block):
     )
     chat_template_jinja: str | None = Field(
         default=None, description="A Jinja chat template of your own (implies chat_template: jinja)."
+    )
+    sample_packing: bool = Field(
+        default=False,
+        description="Pack several rows into each sequence_len row (no cross-attention between them, no padding).",
+    )
+    eval_sample_packing: bool | None = Field(
+        default=None, description="Pack evaluation rows too (default: as sample_packing)."
+    )
+    pad_to_sequence_len: bool = Field(
+        default=False, description="Pad every batch to sequence_len (default: to its longest row)."
+    )
+    pad_to_multiple_of: PositiveInt | None = Field(
+        default=None, description="Round each batch's padded length up to a multiple of this."
     )
     skip_invalid_rows: bool = Field(
         default=False,
@@ -242,6 +259,7 @@ class TrainingBlock(Block):
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in backward to save memory."
     )
+    torch_compile: bool = Field(default=False, description="Compile the model and loss with torch.compile.")
     logging_steps: PositiveInt = Field(default=1, description="Log every N optimizer steps.")
     eval_steps: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = Field(
         default=None,

@@ -116,7 +116,7 @@ def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
 
 
 def report(prepared: PreparedData, tokenizer: Any, sequence_len: int, micro_batch_size: int, seed: int,
-           n_rows: int, colour: bool) -> str:
+           n_rows: int, colour: bool, packing: bool = False) -> str:
     rows = prepared.train
     out = [f"prepared dataset: {prepared.path} ({'reused' if prepared.reused else 'new'})"]
     for i in range(min(n_rows, rows.num_rows)):
@@ -140,6 +140,12 @@ def report(prepared: PreparedData, tokenizer: Any, sequence_len: int, micro_batc
         f"longest row of each batch (as tuner trains), {s.pad_to_sequence_len_waste:.1%} padding every row to "
         f"sequence_len {sequence_len}"
     )
+    if packing:
+        from tuner.data.pack import Batches
+
+        bins = Batches(rows, tokenizer.pad_token_id, sequence_len, packing=True)
+        out.append(f"  sample packing: {s.rows} rows in {bins.units} bins of {sequence_len} tokens, "
+                   f"packing efficiency {bins.efficiency:.1%} (real tokens / slots)")
     if prepared.eval is not None:
         out.append(f"  evaluation rows: {prepared.eval.num_rows}")
     return "\n".join(out)

@@ -341,7 +341,6 @@ def load_model(
     base: BaseModelSource,
     tokenizer: PreTrainedTokenizerBase,
     dtype: torch.dtype,
-    attn_implementation: str = "sdpa",
 ) -> PreTrainedModel:
     """Load the base weights in `dtype`, with embeddings resized for added tokens."""
     config = _auto_config(model, base)
@@ -363,8 +362,10 @@ def load_model(
             config=config,
             dtype=dtype,
             trust_remote_code=model.trust_remote_code,
-            attn_implementation=attn_implementation,
+            attn_implementation=model.attn_implementation,
         )
+    except ImportError as err:  # flash_attention_2 without flash-attn, for one
+        raise UserError(f"attn_implementation: {model.attn_implementation}: {_brief(err)}") from None
     except pickle.UnpicklingError:
         raise UserError(
             f"base_model: cannot load weights from {base.path}: a weights file holds Python objects besides "

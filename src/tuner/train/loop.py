@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from tuner.config.schema import TrainingBlock, TunerConfig
-from tuner.data.pack import pad_batch, shuffled_order
+from tuner.data.pack import Batches, shuffled_order
 from tuner.data.pipeline import prepare
 from tuner.errors import UserError
 from tuner.models.adapter import apply_lora
@@ -45,7 +45,7 @@ from tuner.train.checkpoint import (
     save_final,
 )
 from tuner.train.log import MetricsLog, Progress
-from tuner.train.loss import batch_loss_sum, trained_token_count
+from tuner.train.loss import CausalLMLoss, trained_token_count
 from tuner.train.optim import build_optimizer, build_scheduler
 
 log = logging.getLogger("tuner")
@@ -173,6 +173,8 @@ def _count_params(model: torch.nn.Module) -> tuple[int, int]:
 def accumulate_gradients(model: Any, batches: list[dict[str, torch.Tensor]], accelerator: Any) -> tuple[float, float]:
     """Backward over the micro-batches of one optimizer step; (loss sum, trained tokens) of the step.
 
+    `model` is a `CausalLMLoss` (the model with tuner's loss), possibly wrapped by accelerate.
+
     Each micro-batch's summed token loss is divided by the trained tokens of the whole step
     on all processes (times world_size, since DDP averages gradients), so the gradient is
     that of (sum of token losses) / (trained tokens in the step).
@@ -184,7 +186,7 @@ def accumulate_gradients(model: Any, batches: list[dict[str, torch.Tensor]], acc
         batch = {key: value.to(accelerator.device) for key, value in batch.items()}
         last = k == len(batches) - 1
         with nullcontext() if last else accelerator.no_sync(model), accelerator.autocast():
-            summed = batch_loss_sum(model, batch)
+            summed = model(**batch)  # a CausalLMLoss: the summed loss of the batch's trained tokens
         accelerator.backward(summed * scale)
         loss_sum += summed.detach().double()
     return _reduce_sum(accelerator, loss_sum), step_trained
@@ -197,19 +199,21 @@ def every(value: int | float | None, total_steps: int) -> int | None:
     return max(1, round(value * total_steps)) if isinstance(value, float) else int(value)
 
 
-def evaluate(model: Any, rows: Any, micro_batch_size: int, pad_id: int, accelerator: Any) -> tuple[float, int]:
-    """(mean loss over the trained tokens of `rows`, trained tokens). Rows are split over processes."""
+def evaluate(model: Any, batches: Batches, micro_batch_size: int, accelerator: Any) -> tuple[float, int]:
+    """(mean loss over the trained tokens of the evaluation rows, trained tokens).
+
+    `model` is a `CausalLMLoss`; units (rows or packed bins) are split over processes.
+    """
     model.eval()
     loss_sum, tokens = 0.0, 0
-    mine = list(range(accelerator.process_index, rows.num_rows, accelerator.num_processes))
+    mine = list(range(accelerator.process_index, batches.units, accelerator.num_processes))
     with torch.no_grad():
         for i in range(0, len(mine), micro_batch_size):
-            picked = rows[mine[i : i + micro_batch_size]]
-            batch = pad_batch(picked["input_ids"], picked["labels"], pad_id)
+            batch = batches.batch(mine[i : i + micro_batch_size])
             tokens += trained_token_count(batch["labels"])
             batch = {k: v.to(accelerator.device) for k, v in batch.items()}
             with accelerator.autocast():
-                loss_sum += float(batch_loss_sum(model, batch))
+                loss_sum += float(model(**batch))
     model.train()
     total = _reduce_sum(accelerator, tokens)
     return _reduce_sum(accelerator, loss_sum) / max(total, 1), int(total)
@@ -309,8 +313,12 @@ def train(cfg: TunerConfig) -> TrainResult:
     if main:
         log.info(data.summary())
 
-    # 3. Model: base weights, then gradient checkpointing and the adapter.
-    model = load_model(cfg.model, base, tokenizer, dtype=torch.float32)
+    # 3. Model: base weights, then gradient checkpointing and the adapter. With an adapter the
+    #    frozen base weights are held in the compute dtype (bf16 under bf16); the adapter's
+    #    trainable weights and the optimizer stay fp32. A full fine-tune keeps fp32 weights.
+    precision = accelerator.mixed_precision
+    frozen_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    model = load_model(cfg.model, base, tokenizer, dtype=frozen_dtype if cfg.adapter.adapter else torch.float32)
     save_dtype = stored_dtype(base)  # a full fine-tune is saved in the dtype the base stores
     if cfg.adapter.adapter and _added_tokens(tokenizer, base):
         raise UserError(
@@ -325,8 +333,16 @@ def train(cfg: TunerConfig) -> TrainResult:
         model = apply_lora(model, cfg.adapter)
     trainable, total = _count_params(model)
 
-    # 4. Plan, optimizer, schedule; then the checkpoint to resume from, if any.
-    plan = StepPlan.build(data.train.num_rows, t, accelerator.num_processes)
+    # 4. Batches (packed or padded), plan, optimizer, schedule; then the checkpoint to resume from.
+    d = cfg.data
+    train_batches = Batches(data.train, tokenizer.pad_token_id, d.sequence_len, d.sample_packing,
+                            d.pad_to_multiple_of, d.pad_to_sequence_len)
+    eval_batches = None
+    if data.eval is not None:
+        eval_packing = d.sample_packing if d.eval_sample_packing is None else d.eval_sample_packing
+        eval_batches = Batches(data.eval, tokenizer.pad_token_id, d.sequence_len, eval_packing,
+                               d.pad_to_multiple_of, d.pad_to_sequence_len)
+    plan = StepPlan.build(train_batches.units, t, accelerator.num_processes)
     optimizer = build_optimizer(model.parameters(), t)
     scheduler = build_scheduler(optimizer, t, plan.total_steps)
     state = TrainerState(
@@ -341,14 +357,20 @@ def train(cfg: TunerConfig) -> TrainResult:
             setattr(state, name, getattr(resumed, name))
         if main:
             log.info("resuming from %s at step %d of %d", resume_from, state.step, plan.total_steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    loss_model = CausalLMLoss(model)  # the model and tuner's loss, wrapped by accelerate as one
+    if t.torch_compile:
+        loss_model = torch.compile(loss_model, dynamic=True)
+    loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
     save_every, eval_every = every(t.save_steps, plan.total_steps), every(t.eval_steps, plan.total_steps)
     if main:
+        if d.sample_packing:
+            log.info("sample packing: %d rows in %d bins of %d tokens, packing efficiency %.1f%%",
+                     data.train.num_rows, train_batches.units, d.sequence_len, 100 * train_batches.efficiency)
         log.info(
             "training %d rows for %d steps (%d per epoch): micro-batch %d x accumulation %d x %d process(es), "
             "precision %s, %s of %s parameters trainable",
             data.train.num_rows, plan.total_steps, plan.steps_per_epoch, t.micro_batch_size,
-            t.gradient_accumulation_steps, accelerator.num_processes, accelerator.mixed_precision,
+            t.gradient_accumulation_steps, accelerator.num_processes, precision,
             f"{trainable:,}", f"{total:,}",
         )
 
@@ -356,39 +378,34 @@ def train(cfg: TunerConfig) -> TrainResult:
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main, keep_until_step=state.step)
     progress = Progress(plan.total_steps, initial=state.step, enabled=main)
-    pad_id = tokenizer.pad_token_id
-    rows = data.train
     losses: list[float] = []
     window = {"loss_sum": 0.0, "trained": 0, "tokens": 0, "start": time.perf_counter()}
 
     def checkpoint() -> Path | None:
         path = save_checkpoint(
-            out_dir, accelerator.unwrap_model(model), optimizer, scheduler, state,
+            out_dir, accelerator.unwrap_model(loss_model).model, optimizer, scheduler, state,
             rank=accelerator.process_index, keep=t.save_total_limit,
         ) if main else None
         accelerator.wait_for_everyone()
         return path
 
     def run_eval(step: int) -> None:
-        eval_loss, eval_tokens = evaluate(model, data.eval, t.micro_batch_size, pad_id, accelerator)
+        eval_loss, eval_tokens = evaluate(loss_model, eval_batches, t.micro_batch_size, accelerator)
         state.best_eval_loss = min(eval_loss, state.best_eval_loss or math.inf)
         metrics.write({"step": step, "eval_loss": eval_loss, "eval_perplexity": math.exp(min(eval_loss, 50)),
                        "eval_tokens": eval_tokens})
         progress.note(eval_loss=eval_loss)
 
-    model.train()
+    loss_model.train()
     with StopSignal() as stop:
         for step, epoch, micro_batches in plan.steps(accelerator.process_index, start_step=state.step):
-            batches = []
-            for indices in micro_batches:
-                picked = rows[indices]
-                batches.append(pad_batch(picked["input_ids"], picked["labels"], pad_id))
-            step_loss_sum, step_trained = accumulate_gradients(model, batches, accelerator)
+            batches = [train_batches.batch(units) for units in micro_batches]
+            step_loss_sum, step_trained = accumulate_gradients(loss_model, batches, accelerator)
 
             step_loss = step_loss_sum / step_trained
             grad_norm = None
             if t.max_grad_norm:
-                grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), t.max_grad_norm))
+                grad_norm = float(accelerator.clip_grad_norm_(loss_model.parameters(), t.max_grad_norm))
             lr = scheduler.get_last_lr()[0]
             if math.isfinite(step_loss) and (grad_norm is None or math.isfinite(grad_norm)):
                 optimizer.step()
@@ -412,7 +429,7 @@ def train(cfg: TunerConfig) -> TrainResult:
                 state.trained_tokens += int(step_trained)
                 window["loss_sum"] += step_loss * step_trained
                 window["trained"] += step_trained
-            window["tokens"] += _reduce_sum(accelerator, sum(int(b["attention_mask"].sum()) for b in batches))
+            window["tokens"] += _reduce_sum(accelerator, sum(train_batches.tokens(units) for units in micro_batches))
             if done % t.logging_steps == 0 or done == plan.total_steps:
                 elapsed = time.perf_counter() - window["start"]
                 record = {
@@ -455,7 +472,7 @@ def train(cfg: TunerConfig) -> TrainResult:
 
     # 6. Save the model (or adapter), tokenizer, config and run record.
     accelerator.wait_for_everyone()
-    trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False)  # plain forward, no autocast
+    trained = accelerator.unwrap_model(loss_model, keep_fp32_wrapper=False).model  # plain forward, no autocast
     if main:
         record = {
             "base_model": cfg.model.base_model,
