@@ -67,8 +67,8 @@ def test_unknown_dataset_key_names_the_path():
 
 
 def test_axolotl_key_not_supported_yet_differs_from_unknown():
-    lines = problems(BASE + "sample_packing: true\n")
-    assert "sample_packing (line 7)" in lines[0]
+    lines = problems(BASE + "rl: dpo\n")
+    assert "rl (line 7)" in lines[0]
     assert "Axolotl key tuner does not support yet" in lines[0]
     assert "unknown" not in lines[0]
 
