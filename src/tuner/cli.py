@@ -11,6 +11,7 @@ import argparse
 import logging
 import os
 import sys
+import warnings
 
 from tuner import __version__
 from tuner.errors import UserError
@@ -75,6 +76,61 @@ def cmd_inspect(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_merge_lora(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pathlib import Path
+
+    cfg = _config(args, overrides)
+    _quiet_libraries()
+    from tuner.export.merge import merge
+
+    adapter_dir = Path(args.lora_model_dir or cfg.adapter.lora_model_dir or cfg.training.output_dir)
+    output = Path(args.output) if args.output else adapter_dir / "merged"
+    print(f"merged model saved to {merge(adapter_dir, output, args.dtype)}")
+    return 0
+
+
+def _sampling(args: argparse.Namespace):
+    from tuner.infer.generate import Sampling
+
+    if args.max_new_tokens < 1 or args.temperature < 0 or not 0 < args.top_p <= 1:
+        raise UserError("--max-new-tokens must be >= 1, --temperature >= 0, --top-p in (0, 1]")
+    return Sampling(args.max_new_tokens, args.temperature, args.top_p)
+
+
+def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pathlib import Path
+
+    cfg = _config(args, overrides)
+    _quiet_libraries()
+    if args.prompt is not None:
+        prompt = args.prompt
+    elif args.prompt_file:
+        try:
+            prompt = Path(args.prompt_file).read_text(encoding="utf-8")
+        except OSError as err:
+            raise UserError(f"--prompt-file: cannot read {args.prompt_file}: {err.strerror}") from None
+    else:
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise UserError("no prompt: give --prompt TEXT, --prompt-file FILE, or text on stdin")
+    from tuner.infer.generate import generate
+
+    model_dir = Path(args.model_dir) if args.model_dir else None
+    print(generate(cfg, prompt, _sampling(args), model_dir, args.chat_template))
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pathlib import Path
+
+    cfg = _config(args, overrides)
+    _quiet_libraries()
+    from tuner.infer.generate import chat
+
+    chat(cfg, _sampling(args), Path(args.model_dir) if args.model_dir else None)
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = _config(args, overrides)
     _quiet_libraries()
@@ -98,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         "preprocess": (cmd_preprocess, "tokenize the datasets into the prepared-dataset cache"),
         "train": (cmd_train, "train (preparing the datasets first when needed)"),
         "inspect": (cmd_inspect, "show prepared rows token by token (trained ones marked) and dataset statistics"),
+        "merge-lora": (cmd_merge_lora, "merge the trained adapter into the base weights (a standard HF folder)"),
+        "generate": (cmd_generate, "complete one prompt with the trained model"),
+        "chat": (cmd_chat, "talk to the trained model, turn by turn (stdin)"),
     }
     for name, (func, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
@@ -105,6 +164,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("config", help="path to the YAML config")
         if name == "inspect":
             p.add_argument("--rows", type=int, default=3, help="how many prepared rows to show (default 3)")
+        if name == "merge-lora":
+            p.add_argument("--lora-model-dir", help="the adapter folder (default: output_dir)")
+            p.add_argument("--output", help="where to write the merged model (default: ADAPTER/merged)")
+            p.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: the base folder's)")
+        if name in ("generate", "chat"):
+            p.add_argument("--model-dir", help="the trained model or adapter (default: output_dir)")
+            p.add_argument("--max-new-tokens", type=int, default=128)
+            p.add_argument("--temperature", type=float, default=0.0, help="0 (default) decodes greedily")
+            p.add_argument("--top-p", type=float, default=1.0)
+        if name == "generate":
+            p.add_argument("--prompt", help="the prompt text (else --prompt-file, else stdin)")
+            p.add_argument("--prompt-file")
+            p.add_argument("--chat-template", action="store_true", help="wrap the prompt in the chat template")
         p.set_defaults(func=func)
     return parser
 
@@ -119,6 +191,10 @@ def setup_logging() -> None:
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # bitsandbytes warns at import that it cannot fetch an optional CPU kernel from the hub.
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    # transformers' own deprecation notices, raised from inside peft/transformers, not user code.
+    warnings.filterwarnings("ignore", message=".*is deprecated and will be removed in v6.*")
 
 
 def main(argv: list[str] | None = None) -> int:

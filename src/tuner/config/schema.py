@@ -28,7 +28,7 @@ TRAIN_ON_EOS = ("turn", "all", "last", "none")
 FILE_TYPES = ("json", "csv", "parquet")
 SCHEDULERS = ("linear", "cosine", "constant")
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
-ADAPTERS = ("lora",)
+ADAPTERS = ("lora", "qlora")
 
 
 class Block(BaseModel):
@@ -286,11 +286,16 @@ class TrainingBlock(Block):
 
 
 class AdapterBlock(Block):
-    """Parameter-efficient fine-tuning (LoRA via peft). Without `adapter`, all weights train."""
+    """How the model trains: LoRA / QLoRA adapters through peft, or full fine-tuning
+    (optionally of `unfrozen_parameters` only)."""
 
     adapter: Literal[ADAPTERS] | None = Field(  # type: ignore[valid-type]
-        default=None, description="`lora`, or leave out for full fine-tuning."
+        default=None, description="`lora`, `qlora` (LoRA on a 4-bit base), or leave out for full fine-tuning."
     )
+    load_in_4bit: bool = Field(default=False, description="Load the base weights in 4 bit (bitsandbytes); with adapter: qlora.")
+    load_in_8bit: bool = Field(default=False, description="Load the base weights in 8 bit (bitsandbytes); with adapter: lora.")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field(default="nf4", description="4-bit data type.")
+    bnb_4bit_use_double_quant: bool = Field(default=True, description="Quantize the 4-bit scales too.")
     lora_r: PositiveInt = Field(default=8, description="LoRA rank.")
     lora_alpha: Annotated[float, Field(gt=0)] = Field(default=16, description="LoRA alpha (scale = alpha / r).")
     lora_dropout: Annotated[float, Field(ge=0, lt=1)] = Field(default=0.0, description="LoRA dropout.")
@@ -300,6 +305,22 @@ class AdapterBlock(Block):
     )
     lora_target_linear: bool | None = Field(
         default=None, description="Adapt every linear layer except the output head."
+    )
+    lora_modules_to_save: list[str] | None = Field(
+        default=None, description="Modules trained in full and saved with the adapter (e.g. [embed_tokens, lm_head])."
+    )
+    peft_use_dora: bool = Field(default=False, description="DoRA (weight-decomposed LoRA).")
+    peft_use_rslora: bool = Field(default=False, description="rsLoRA scaling (alpha / sqrt(r)).")
+    peft_trainable_token_indices: list[int] | dict[str, list[int]] | None = Field(
+        default=None,
+        description="Token ids whose embedding rows train (peft trainable tokens), e.g. the ids of added tokens.",
+    )
+    lora_model_dir: str | None = Field(
+        default=None, description="An existing adapter to continue training (instead of fresh LoRA weights)."
+    )
+    unfrozen_parameters: list[str] | None = Field(
+        default=None,
+        description="Full fine-tuning only: regexes of parameter names that train; all others stay frozen.",
     )
 
 
@@ -325,7 +346,7 @@ class TunerConfig(BaseModel):
         """One block's resolved values (defaults filled); LoRA keys only when there is an adapter."""
         values = getattr(self, name).model_dump(mode="json")
         if name == "adapter" and self.adapter.adapter is None:
-            values = {"adapter": None}
+            values = {"adapter": None, "unfrozen_parameters": values["unfrozen_parameters"]}
         if name == "data":
             for key in ("datasets", "test_datasets"):
                 for entry, ds in zip(values.get(key) or [], getattr(self.data, key) or []):
@@ -372,18 +393,30 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
         problems.append(Problem(("warmup_ratio",), "warmup_steps and warmup_ratio are both set; keep one."))
 
     if a.adapter is None:
-        for key in sorted(a.model_fields_set - {"adapter"}):
+        for key in sorted(a.model_fields_set - {"adapter", "unfrozen_parameters"}):
+            if getattr(a, key) != AdapterBlock.model_fields[key].default:
+                problems.append(
+                    Problem((key,), f"{key} is set but there is no adapter; add `adapter: lora` or remove {key}.")
+                )
+    else:
+        if a.lora_target_modules is None and not a.lora_target_linear and a.lora_model_dir is None:
             problems.append(
-                Problem((key,), f"{key} is set but there is no adapter; add `adapter: lora` or remove {key}.")
+                Problem(
+                    ("adapter",),
+                    f"adapter: {a.adapter} needs target modules: set `lora_target_linear: true` "
+                    "or `lora_target_modules: [q_proj, v_proj, ...]`.",
+                )
             )
-    elif a.lora_target_modules is None and not a.lora_target_linear:
-        problems.append(
-            Problem(
-                ("adapter",),
-                "adapter: lora needs target modules: set `lora_target_linear: true` "
-                "or `lora_target_modules: [q_proj, v_proj, ...]`.",
-            )
-        )
+        if a.unfrozen_parameters:
+            problems.append(Problem(("unfrozen_parameters",), "unfrozen_parameters is for full fine-tuning; remove it or the adapter."))
+    if a.adapter == "qlora" and not a.load_in_4bit:
+        problems.append(Problem(("load_in_4bit",), "adapter: qlora needs `load_in_4bit: true`."))
+    if a.load_in_4bit and a.adapter != "qlora":
+        problems.append(Problem(("load_in_4bit",), "load_in_4bit trains through an adapter: set `adapter: qlora`."))
+    if a.load_in_8bit and a.adapter != "lora":
+        problems.append(Problem(("load_in_8bit",), "load_in_8bit trains through an adapter: set `adapter: lora`."))
+    if a.load_in_4bit and a.load_in_8bit:
+        problems.append(Problem(("load_in_8bit",), "load_in_4bit and load_in_8bit are both true; pick one."))
     if isinstance(a.lora_target_modules, str):
         import re
 

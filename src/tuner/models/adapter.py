@@ -1,40 +1,89 @@
-"""LoRA adapters through peft's public API."""
+"""Which weights train: LoRA / QLoRA adapters through peft's public API, or full
+fine-tuning of all (or `unfrozen_parameters`) weights.
+
+Added tokens with an adapter: their embedding rows must train, or the model could never
+use them. Two ways, both peft's own: `peft_trainable_token_indices` (only the new rows
+train and are saved; with tied input/output embeddings peft keeps both sides tied) or
+`lora_modules_to_save: [embed_tokens, lm_head]` (whole matrices; tied with
+`ensure_weight_tying`). A config that adds tokens without either is refused.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from tuner.config.schema import AdapterBlock
 from tuner.errors import UserError
 
+EMBEDDING_NAMES = {"embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings"}
 
-def lora_config(a: AdapterBlock) -> Any:
+
+def lora_config(a: AdapterBlock, tied: bool) -> Any:
     from peft import LoraConfig
 
+    targets: Any = a.lora_target_modules
     if a.lora_target_linear:
-        # peft's own "all linear layers except the output head".
-        targets: Any = "all-linear" if not a.lora_target_modules else a.lora_target_modules
-    else:
-        targets = a.lora_target_modules
+        targets = "all-linear" if not a.lora_target_modules else a.lora_target_modules  # peft's: all but the head
+    extra_training = bool(a.lora_modules_to_save or a.peft_trainable_token_indices)
     return LoraConfig(
         r=a.lora_r,
         lora_alpha=a.lora_alpha,
         lora_dropout=a.lora_dropout,
         target_modules=targets,
+        modules_to_save=a.lora_modules_to_save,
+        trainable_token_indices=a.peft_trainable_token_indices,
+        use_dora=a.peft_use_dora,
+        use_rslora=a.peft_use_rslora,
+        ensure_weight_tying=tied and extra_training,
         bias="none",
         task_type="CAUSAL_LM",
     )
 
 
-def apply_lora(model: Any, a: AdapterBlock) -> Any:
-    """Wrap `model` with fresh LoRA weights; only those train."""
-    from peft import get_peft_model
+def check_added_tokens(a: AdapterBlock, added_ids: list[int]) -> None:
+    """Refuse an adapter config under which added tokens' embeddings would never train."""
+    if not a.adapter or not added_ids or a.lora_model_dir:
+        return
+    saved = set(a.lora_modules_to_save or [])
+    if saved & EMBEDDING_NAMES:
+        return
+    indices = a.peft_trainable_token_indices
+    covered = set(indices) if isinstance(indices, list) else {i for ids in (indices or {}).values() for i in ids}
+    missing = [i for i in added_ids if i not in covered]
+    if missing:
+        raise UserError(
+            f"special_tokens/tokens add {len(added_ids)} new token(s) (ids {added_ids[:10]}), but with an adapter "
+            f"their embeddings would not train. Add `peft_trainable_token_indices: {added_ids}` (only the new rows "
+            "train) or `lora_modules_to_save: [embed_tokens, lm_head]` (the whole matrices train)."
+        )
 
-    config = lora_config(a)
+
+def apply_adapter(model: Any, a: AdapterBlock, gradient_checkpointing: bool) -> Any:
+    """The model with its trainable weights set up; a PeftModel when there is an adapter."""
+    if a.adapter is None:
+        if a.unfrozen_parameters:
+            freeze_except(model, a.unfrozen_parameters)
+        return model
+    from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
+
+    if a.load_in_4bit or a.load_in_8bit:
+        # peft's k-bit preparation: norms in fp32, input gradients for checkpointing.
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    if a.lora_model_dir:
+        try:
+            return PeftModel.from_pretrained(model, a.lora_model_dir, is_trainable=True)
+        except (OSError, ValueError) as err:
+            raise UserError(f"lora_model_dir: cannot load an adapter from {a.lora_model_dir}: {err}") from None
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    config = lora_config(a, tied)
     if a.lora_target_linear and a.lora_target_modules:
-        # Both given: the union of all linear layers and the named ones.
-        names = [a.lora_target_modules] if isinstance(a.lora_target_modules, str) else list(a.lora_target_modules)
-        config.target_modules = sorted(set(_linear_names(model)) | set(names))
+        # Both given: all linear layers, plus the named ones.
+        named = [a.lora_target_modules] if isinstance(a.lora_target_modules, str) else list(a.lora_target_modules)
+        config.target_modules = sorted(_linear_names(model) | set(named))
     try:
         return get_peft_model(model, config)
     except ValueError as err:
@@ -43,6 +92,22 @@ def apply_lora(model: Any, a: AdapterBlock) -> Any:
             f"lora_target_modules: {a.lora_target_modules!r} matches no module of this model "
             f"({str(err).splitlines()[0][:200]}). Linear layers here: {present}"
         ) from None
+
+
+def freeze_except(model: Any, patterns: list[str]) -> None:
+    compiled = []
+    for p in patterns:
+        try:
+            compiled.append(re.compile(p))
+        except re.error as err:
+            raise UserError(f"unfrozen_parameters: {p!r} is not a valid regular expression: {err}") from None
+    matched = 0
+    for name, param in model.named_parameters():
+        param.requires_grad = any(c.search(name) for c in compiled)
+        matched += param.requires_grad
+    if not matched:
+        sample = ", ".join(n for n, _ in list(model.named_parameters())[:4])
+        raise UserError(f"unfrozen_parameters: {patterns} match no parameter (names look like: {sample}, ...)")
 
 
 def _linear_names(model: Any) -> set[str]:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tuner.config.schema import ModelBlock
+from tuner.config.schema import AdapterBlock, ModelBlock
 from tuner.errors import UserError
 from tuner.models import resolve
 
@@ -246,7 +246,12 @@ def _from_pretrained(cls: Any, path: Path, model: ModelBlock, what: str) -> PreT
 
 
 def load_tokenizer(model: ModelBlock, base: BaseModelSource) -> PreTrainedTokenizerBase:
-    """Load the tokenizer, check a requested class against the model's own, add tokens.
+    """Load the tokenizer, check a requested class against the model's own, add tokens."""
+    return load_tokenizer_and_new_ids(model, base)[0]
+
+
+def load_tokenizer_and_new_ids(model: ModelBlock, base: BaseModelSource) -> tuple[PreTrainedTokenizerBase, list[int]]:
+    """The tokenizer, and the ids of tokens that `special_tokens` / `tokens` added to it.
 
     A tokenizer class that differs from the model's can silently change the text (in
     transformers 5, LlamaTokenizer on SmolLM2 drops every space). So when `tokenizer_type`
@@ -260,6 +265,7 @@ def load_tokenizer(model: ModelBlock, base: BaseModelSource) -> PreTrainedTokeni
         own = _from_pretrained(resolve.get_class(resolve.AUTO_TOKENIZER), path, model, "base_model")
         _check_same_tokenization(model.tokenizer_type, tokenizer, own)
 
+    before = len(tokenizer)
     specials = model.special_tokens.model_dump(exclude_none=True) if model.special_tokens else {}
     if specials:
         tokenizer.add_special_tokens(specials)
@@ -275,7 +281,7 @@ def load_tokenizer(model: ModelBlock, base: BaseModelSource) -> PreTrainedTokeni
         tokenizer.pad_token = tokenizer.eos_token
     if tokenizer.eos_token_id is None:
         raise UserError("the tokenizer has no EOS token; set special_tokens: {eos_token: ...}")
-    return tokenizer
+    return tokenizer, list(range(before, len(tokenizer)))
 
 
 def _check_same_tokenization(name: str, requested: Any, own: Any) -> None:
@@ -336,13 +342,35 @@ def stored_dtype(base: BaseModelSource) -> torch.dtype | None:
     return value if isinstance(value, torch.dtype) else None
 
 
+def bnb_config(a: AdapterBlock, compute_dtype: torch.dtype) -> Any:
+    """bitsandbytes quantization for `load_in_4bit` / `load_in_8bit`, or None."""
+    if not (a.load_in_4bit or a.load_in_8bit):
+        return None
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import BitsAndBytesConfig
+    except ImportError as err:
+        raise UserError(f"load_in_4bit/load_in_8bit need bitsandbytes, which cannot be imported here: {err}") from None
+    if a.load_in_8bit:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=a.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=a.bnb_4bit_use_double_quant,
+        bnb_4bit_compute_dtype=compute_dtype,
+        bnb_4bit_quant_storage=compute_dtype,
+    )
+
+
 def load_model(
     model: ModelBlock,
     base: BaseModelSource,
     tokenizer: PreTrainedTokenizerBase,
     dtype: torch.dtype,
+    quantization: Any = None,
 ) -> PreTrainedModel:
-    """Load the base weights in `dtype`, with embeddings resized for added tokens."""
+    """Load the base weights in `dtype` (quantized by `quantization`, a BitsAndBytesConfig),
+    with embeddings resized for added tokens."""
     config = _auto_config(model, base)
     cls = resolve.model_class(model)
     expected = getattr(getattr(cls, "config_class", None), "model_type", None)
@@ -363,6 +391,7 @@ def load_model(
             dtype=dtype,
             trust_remote_code=model.trust_remote_code,
             attn_implementation=model.attn_implementation,
+            quantization_config=quantization,
         )
     except ImportError as err:  # flash_attention_2 without flash-attn, for one
         raise UserError(f"attn_implementation: {model.attn_implementation}: {_brief(err)}") from None
@@ -373,6 +402,10 @@ def load_model(
             "torch.load(weights_only=True)); convert the model to safetensors from a source you trust."
         ) from None
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
+        if quantization is not None:
+            raise UserError(
+                f"load_in_4bit/load_in_8bit: bitsandbytes cannot load quantized weights on this device: {_brief(err)}"
+            ) from None
         raise UserError(f"base_model: cannot load weights from {base.path}: {_brief(err)}") from None
     if len(tokenizer) > loaded.get_input_embeddings().weight.shape[0]:
         loaded.resize_token_embeddings(len(tokenizer), mean_resizing=True)

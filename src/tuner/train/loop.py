@@ -31,8 +31,15 @@ from tuner.config.schema import TrainingBlock, TunerConfig
 from tuner.data.pack import Batches, shuffled_order
 from tuner.data.pipeline import prepare
 from tuner.errors import UserError
-from tuner.models.adapter import apply_lora
-from tuner.models.load import load_model, load_tokenizer, resolve_base, stored_dtype, tokenizer_files
+from tuner.models.adapter import apply_adapter, check_added_tokens
+from tuner.models.load import (
+    bnb_config,
+    load_model,
+    load_tokenizer_and_new_ids,
+    resolve_base,
+    stored_dtype,
+    tokenizer_files,
+)
 from tuner.train.checkpoint import (
     CHECKPOINTS,
     RUN_RECORD,
@@ -306,31 +313,30 @@ def train(cfg: TunerConfig) -> TrainResult:
 
     # 2. Tokenizer and data (labels are built here, once, in the data stage).
     base = resolve_base(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, base)
+    tokenizer, new_ids = load_tokenizer_and_new_ids(cfg.model, base)
+    check_added_tokens(cfg.adapter, new_ids)
     data = prepare(cfg, tokenizer, tokenizer_files(cfg.model, base))
     if data.chat_template is not None:
         tokenizer.chat_template = data.chat_template  # saved with the model: the template that trained it
     if main:
         log.info(data.summary())
 
-    # 3. Model: base weights, then gradient checkpointing and the adapter. With an adapter the
-    #    frozen base weights are held in the compute dtype (bf16 under bf16); the adapter's
-    #    trainable weights and the optimizer stay fp32. A full fine-tune keeps fp32 weights.
+    # 3. Model: base weights (quantized for QLoRA / 8-bit), gradient checkpointing, then the
+    #    adapter. With an adapter the frozen base weights are held in the compute dtype (bf16
+    #    under bf16); the adapter's weights and the optimizer stay fp32. A full fine-tune
+    #    keeps fp32 weights under autocast.
     precision = accelerator.mixed_precision
-    frozen_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
-    model = load_model(cfg.model, base, tokenizer, dtype=frozen_dtype if cfg.adapter.adapter else torch.float32)
+    compute_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    model = load_model(
+        cfg.model, base, tokenizer,
+        dtype=compute_dtype if cfg.adapter.adapter else torch.float32,
+        quantization=bnb_config(cfg.adapter, compute_dtype),
+    )
     save_dtype = stored_dtype(base)  # a full fine-tune is saved in the dtype the base stores
-    if cfg.adapter.adapter and _added_tokens(tokenizer, base):
-        raise UserError(
-            "special_tokens/tokens add new tokens to the vocabulary, but with `adapter: lora` their "
-            "embeddings would not train. Training new token embeddings with an adapter is not supported "
-            "yet; use full fine-tuning (remove `adapter`) or tokens the vocabulary already has."
-        )
     model.config.use_cache = False
     if t.gradient_checkpointing:
         enable_checkpointing(model)
-    if cfg.adapter.adapter == "lora":
-        model = apply_lora(model, cfg.adapter)
+    model = apply_adapter(model, cfg.adapter, t.gradient_checkpointing)
     trainable, total = _count_params(model)
 
     # 4. Batches (packed or padded), plan, optimizer, schedule; then the checkpoint to resume from.
@@ -494,9 +500,3 @@ def _stop_requested(accelerator: Any, signum: int | None) -> bool:
     if accelerator.num_processes == 1:
         return signum is not None
     return _reduce_sum(accelerator, 1 if signum is not None else 0) > 0
-
-
-def _added_tokens(tokenizer: Any, base: Any) -> bool:
-    from transformers import AutoConfig
-
-    return len(tokenizer) > AutoConfig.from_pretrained(str(base.path)).vocab_size

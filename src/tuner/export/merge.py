@@ -1,0 +1,54 @@
+"""`tuner merge-lora`: fold a trained adapter into its base weights, as a standard HF folder.
+
+The adapter is merged into the *unquantized* base (for QLoRA: the original base folder,
+not the 4-bit copy training ran on). The merged model therefore differs slightly from the
+4-bit model plus adapter that training optimised: by the 4-bit quantization error of the
+base weights, which the adapter partly learned to compensate.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import UserError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def merge(adapter_dir: Path, output: Path, dtype: str | None = None) -> Path:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    config_path = adapter_dir / "adapter_config.json"
+    if not config_path.is_file():
+        raise UserError(f"--lora-model-dir: {adapter_dir} holds no adapter (no adapter_config.json); train with an adapter first")
+    base_path = Path(json.loads(config_path.read_text())["base_model_name_or_path"])
+    if not (base_path / "config.json").is_file():
+        raise UserError(f"the adapter's base model {base_path} is not there any more (it is where tuner trained from)")
+    stored = json.loads((base_path / "config.json").read_text())
+    name = dtype or stored.get("dtype") or stored.get("torch_dtype") or "float32"
+    if name not in DTYPES:
+        raise UserError(f"--dtype: {name!r} is not one of {', '.join(DTYPES)}")
+    tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
+    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+    merged: Any = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    merged = merged.to(getattr(torch, name))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
+    try:
+        merged.save_pretrained(tmp)  # safetensors
+        tokenizer.save_pretrained(tmp)  # with the chat template that trained the adapter
+        if output.exists():
+            shutil.rmtree(output)
+        tmp.rename(output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return output
