@@ -132,7 +132,12 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    cfg = _config(args, overrides)
+    cfg = _config(args, overrides)  # checked before any process starts
+    if args.num_processes and args.num_processes > 1 or args.nnodes > 1:
+        from tuner.train.distributed import launch
+
+        return launch(args.config, overrides, args.num_processes or 1, args.nnodes, args.node_rank,
+                      args.master_addr, args.master_port)
     _quiet_libraries()
     from tuner.train.loop import train
 
@@ -162,6 +167,13 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         p.add_argument("config", help="path to the YAML config")
+        if name == "train":
+            p.add_argument("--num-processes", type=int, default=None,
+                           help="start N training processes on this machine (DDP; gloo on CPU)")
+            p.add_argument("--nnodes", type=int, default=1, help="machines taking part (each runs this command)")
+            p.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0 to nnodes-1")
+            p.add_argument("--master-addr", help="address of the node-rank 0 machine (multi-node)")
+            p.add_argument("--master-port", type=int, help="its port (multi-node)")
         if name == "inspect":
             p.add_argument("--rows", type=int, default=3, help="how many prepared rows to show (default 3)")
         if name == "merge-lora":

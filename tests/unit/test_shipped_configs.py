@@ -17,5 +17,6 @@ def test_there_are_shipped_configs():
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[str(p.relative_to(REPO)) for p in SHIPPED])
-def test_shipped_config_validates(path):
+def test_shipped_config_validates(path, monkeypatch):
+    monkeypatch.chdir(REPO)  # configs name files relative to the repository root
     load_config(path)

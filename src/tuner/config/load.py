@@ -333,6 +333,11 @@ def validate_raw(raw: RawConfig, check_class_names: bool = True) -> TunerConfig:
                     problems += _unknown_key_problems(
                         ds["type"], set(UserDefinedFormat.model_fields), {}, (key, i, "type"), "user-defined format"
                     )
+    if isinstance(data.get("fsdp_config"), dict):
+        from tuner.config.schema import FSDPConfig
+
+        data["fsdp_config"] = dict(data["fsdp_config"])
+        problems += _unknown_key_problems(data["fsdp_config"], set(FSDPConfig.model_fields), {}, ("fsdp_config",), "fsdp_config")
     if isinstance(data.get("special_tokens"), dict):
         data["special_tokens"] = dict(data["special_tokens"])
         problems += _unknown_key_problems(

@@ -220,6 +220,26 @@ class DataBlock(Block):
     )
 
 
+class FSDPConfig(Block):
+    """`fsdp_config`: how FSDP shards the model (Axolotl 0.19's keys)."""
+
+    fsdp_version: Literal[1, 2] = Field(default=2, description="FSDP generation (2: per-parameter sharding).")
+    reshard_after_forward: bool = Field(default=True, description="Free gathered weights after forward (FULL_SHARD).")
+    offload_params: bool = Field(default=False, description="Keep sharded parameters in CPU memory.")
+    state_dict_type: Literal["FULL_STATE_DICT", "SHARDED_STATE_DICT"] = Field(
+        default="FULL_STATE_DICT", description="How checkpoints hold the weights."
+    )
+    auto_wrap_policy: Literal["TRANSFORMER_BASED_WRAP", "SIZE_BASED_WRAP"] = Field(
+        default="TRANSFORMER_BASED_WRAP", description="What becomes its own FSDP unit."
+    )
+    transformer_layer_cls_to_wrap: str | None = Field(
+        default=None, description="Decoder layer class to wrap (default: the model's own, e.g. LlamaDecoderLayer)."
+    )
+    min_num_params: PositiveInt | None = Field(default=None, description="SIZE_BASED_WRAP: parameters per unit.")
+    cpu_ram_efficient_loading: bool = Field(default=False, description="Load weights on rank 0 only.")
+    activation_checkpointing: bool = Field(default=False, description="FSDP's own activation checkpointing.")
+
+
 class TrainingBlock(Block):
     """The optimisation: steps, batch, optimizer, schedule, precision, logging."""
 
@@ -260,6 +280,13 @@ class TrainingBlock(Block):
         default=False, description="Recompute activations in backward to save memory."
     )
     torch_compile: bool = Field(default=False, description="Compile the model and loss with torch.compile.")
+    fsdp: list[Literal["full_shard", "shard_grad_op", "hybrid_shard", "offload", "auto_wrap"]] | None = Field(
+        default=None, description="Train with FSDP (CUDA GPUs), e.g. [full_shard, auto_wrap]; details in fsdp_config."
+    )
+    fsdp_config: FSDPConfig | None = Field(default=None, description="FSDP settings (see FSDPConfig).")
+    deepspeed: str | dict[str, Any] | None = Field(
+        default=None, description="Train with DeepSpeed (CUDA GPUs): a JSON config file or the config inline."
+    )
     logging_steps: PositiveInt = Field(default=1, description="Log every N optimizer steps.")
     eval_steps: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = Field(
         default=None,
@@ -425,6 +452,15 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
         except re.error as err:
             problems.append(Problem(("lora_target_modules",), f"not a valid regular expression: {err}."))
 
+    if t.fsdp and t.deepspeed is not None:
+        problems.append(Problem(("deepspeed",), "fsdp and deepspeed are both set; pick one."))
+    if t.fsdp_config is not None and not t.fsdp:
+        problems.append(Problem(("fsdp_config",), "fsdp_config is set but fsdp is not; add e.g. `fsdp: [full_shard, auto_wrap]`."))
+    if isinstance(t.deepspeed, str):
+        from pathlib import Path
+
+        if not Path(t.deepspeed).is_file():
+            problems.append(Problem(("deepspeed",), f"{t.deepspeed!r}: no such DeepSpeed JSON file."))
     if t.eval_steps is not None and not cfg.data.val_set_size and not cfg.data.test_datasets:
         problems.append(
             Problem(("eval_steps",), "eval_steps is set but there is nothing to evaluate: set val_set_size or test_datasets.")

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tuner")
 
 META = "meta.json"
+LOCKS = ".locks"  # lock files, beside the prepared folders; never prepared data themselves
 ROWS = "rows"
 
 
@@ -70,6 +71,15 @@ def fingerprint(
     }
     blob = json.dumps(inputs, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:20], inputs
+
+
+def lock(root: Path, fp: str) -> Any:
+    """A file lock beside the prepared folder (held while checking for it and preparing it)."""
+    from filelock import FileLock
+
+    folder = root / LOCKS
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"{fp}.lock"))
 
 
 def load(root: Path, fp: str) -> tuple[Dataset, dict[str, Any]] | None:

@@ -247,14 +247,16 @@ def _prepared(
                 data_ids.append(f"file:{cache.file_sha256(src.file)}")
     fp, inputs = cache.fingerprint(cfg, key, tokenizer_files, data_ids, enc.template)
     root = Path(cfg.data.dataset_prepared_path)
-    found = cache.load(root, fp)
-    if found is not None:
-        rows, meta = found
-        return rows, meta["stats"], fp, True
-    loaded = [(ds, src, data if data is not None else load_source(src, ds, enc.skip_invalid)) for ds, src, data in entries]
-    rows, stats = _build(loaded, enc, cfg.data.dataset_num_proc)
-    cache.save(root, fp, rows, {"inputs": inputs, "stats": stats})
-    return cache.load(root, fp)[0], stats, fp, False  # memory-mapped from disk, like a reused dataset
+    with cache.lock(root, fp):  # one process prepares; others started at the same time wait, then reuse
+        found = cache.load(root, fp)
+        if found is not None:
+            rows, meta = found
+            return rows, meta["stats"], fp, True
+        log.info("preparing %s into %s", key, root / fp)
+        loaded = [(ds, src, data if data is not None else load_source(src, ds, enc.skip_invalid)) for ds, src, data in entries]
+        rows, stats = _build(loaded, enc, cfg.data.dataset_num_proc)
+        cache.save(root, fp, rows, {"inputs": inputs, "stats": stats})
+        return cache.load(root, fp)[0], stats, fp, False  # memory-mapped from disk, like a reused dataset
 
 
 def prepare(cfg: TunerConfig, tokenizer: Any, tokenizer_files: list[Path]) -> PreparedData:

@@ -21,7 +21,7 @@ import random
 import re
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
@@ -171,34 +171,47 @@ def trainable_state(model: Any) -> dict[str, Any]:
 
 
 def save_checkpoint(
-    out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainerState, rank: int = 0, keep: int | None = None
+    out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainerState, rank: int = 0,
+    keep: int | None = None, barrier: Callable[[], Any] | None = None,
 ) -> Path:
-    """Write a complete checkpoint atomically; keep only the newest `keep` ones."""
+    """Write a complete checkpoint atomically; keep only the newest `keep` ones.
+
+    Every process calls this: each writes its own RNG states; the main process (rank 0)
+    writes the rest and renames the folder into place. `barrier` synchronises them.
+    """
     from safetensors.torch import save_file
 
+    wait = barrier or (lambda: None)
     root = out_dir / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=root))
+    staging = root / f".{final.name}.staging"
+    if rank == 0:
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+    wait()
     try:
-        save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
-        opt_tensors, opt_plain = _optimizer_to_files(optimizer.state_dict())
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        (tmp / "optimizer.json").write_text(json.dumps(opt_plain))
-        (tmp / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
         rng_tensors, rng_plain = _rng_states()
-        save_file(rng_tensors, str(tmp / f"rng-{rank}.safetensors"))
-        (tmp / f"rng-{rank}.json").write_text(json.dumps(rng_plain))
-        (tmp / MARKER).write_text(json.dumps(asdict(state), indent=2))  # last: marks completion
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
+        save_file(rng_tensors, str(staging / f"rng-{rank}.safetensors"))
+        (staging / f"rng-{rank}.json").write_text(json.dumps(rng_plain))
+        wait()
+        if rank == 0:
+            save_file(trainable_state(model), str(staging / "trainable.safetensors"))
+            opt_tensors, opt_plain = _optimizer_to_files(optimizer.state_dict())
+            save_file(opt_tensors, str(staging / "optimizer.safetensors"))
+            (staging / "optimizer.json").write_text(json.dumps(opt_plain))
+            (staging / "scheduler.json").write_text(json.dumps(scheduler.state_dict()))
+            (staging / MARKER).write_text(json.dumps(asdict(state), indent=2))  # last: marks completion
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging, final)
+            if keep is not None:
+                for old in checkpoint_dirs(out_dir)[:-keep]:
+                    shutil.rmtree(old, ignore_errors=True)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if rank == 0:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
-    if keep is not None:
-        for old in checkpoint_dirs(out_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    wait()
     return final
 
 

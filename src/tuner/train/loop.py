@@ -41,7 +41,6 @@ from tuner.models.load import (
     tokenizer_files,
 )
 from tuner.train.checkpoint import (
-    CHECKPOINTS,
     RUN_RECORD,
     TrainerState,
     checkpoint_dirs,
@@ -51,6 +50,7 @@ from tuner.train.checkpoint import (
     save_checkpoint,
     save_final,
 )
+from tuner.train.distributed import accelerator_kwargs, check_world_size
 from tuner.train.log import MetricsLog, Progress
 from tuner.train.loss import CausalLMLoss, trained_token_count
 from tuner.train.optim import build_optimizer, build_scheduler
@@ -305,8 +305,9 @@ def train(cfg: TunerConfig) -> TrainResult:
     t = cfg.training
     out_dir = Path(t.output_dir)
 
-    # 1. Setup: processes, precision, seed, output folder.
-    accelerator = Accelerator(mixed_precision=mixed_precision(t))
+    # 1. Setup: processes (DDP / FSDP / DeepSpeed), precision, seed, output folder.
+    accelerator = Accelerator(**accelerator_kwargs(t, mixed_precision(t)))
+    check_world_size(accelerator)
     set_seed(t.seed)
     main = accelerator.is_main_process
     resume_from = prepare_output_dir(out_dir, t)
@@ -315,7 +316,8 @@ def train(cfg: TunerConfig) -> TrainResult:
     base = resolve_base(cfg.model)
     tokenizer, new_ids = load_tokenizer_and_new_ids(cfg.model, base)
     check_added_tokens(cfg.adapter, new_ids)
-    data = prepare(cfg, tokenizer, tokenizer_files(cfg.model, base))
+    with accelerator.main_process_first():  # the main process prepares; the others then read the cache
+        data = prepare(cfg, tokenizer, tokenizer_files(cfg.model, base))
     if data.chat_template is not None:
         tokenizer.chat_template = data.chat_template  # saved with the model: the template that trained it
     if main:
@@ -387,13 +389,11 @@ def train(cfg: TunerConfig) -> TrainResult:
     losses: list[float] = []
     window = {"loss_sum": 0.0, "trained": 0, "tokens": 0, "start": time.perf_counter()}
 
-    def checkpoint() -> Path | None:
-        path = save_checkpoint(
+    def checkpoint() -> Path:
+        return save_checkpoint(
             out_dir, accelerator.unwrap_model(loss_model).model, optimizer, scheduler, state,
-            rank=accelerator.process_index, keep=t.save_total_limit,
-        ) if main else None
-        accelerator.wait_for_everyone()
-        return path
+            rank=accelerator.process_index, keep=t.save_total_limit, barrier=accelerator.wait_for_everyone,
+        )
 
     def run_eval(step: int) -> None:
         eval_loss, eval_tokens = evaluate(loss_model, eval_batches, t.micro_batch_size, accelerator)
@@ -467,7 +467,7 @@ def train(cfg: TunerConfig) -> TrainResult:
                     signum = stop.signum or signal.SIGTERM
                     raise Interrupted(
                         f"stopped by {signal.Signals(signum).name} after step {done} of {plan.total_steps}; "
-                        f"checkpoint saved to {saved or out_dir / CHECKPOINTS}. Resume with:\n"
+                        f"checkpoint saved to {saved}. Resume with:\n"
                         f"  tuner train <config> --resume_from_checkpoint auto",
                         signum,
                     )
@@ -485,6 +485,7 @@ def train(cfg: TunerConfig) -> TrainResult:
             "base_model_path": str(base.path),
             "data_fingerprint": data.fingerprint,
             "steps": plan.total_steps,
+            "world_size": accelerator.num_processes,
             "trained_tokens": state.trained_tokens,
             "final_loss": losses[-1] if losses else None,
             "best_eval_loss": state.best_eval_loss,
