@@ -131,6 +131,15 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_config_schema(args: argparse.Namespace, overrides: list[str]) -> int:
+    from tuner.config.reference import markdown, schema_json
+
+    if overrides:
+        raise UserError(f"config-schema takes no config keys, got {' '.join(overrides)}")
+    print(markdown() if args.format == "markdown" else schema_json(), end="" if args.format == "markdown" else "\n")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = _config(args, overrides)  # checked before any process starts
     if args.num_processes and args.num_processes > 1 or args.nnodes > 1:
@@ -163,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         "generate": (cmd_generate, "complete one prompt with the trained model"),
         "chat": (cmd_chat, "talk to the trained model, turn by turn (stdin)"),
     }
+    schema = sub.add_parser("config-schema", help="print the config schema (docs/config.md is generated from it)")
+    schema.add_argument("--format", choices=["json", "markdown"], default="json")
+    schema.set_defaults(func=cmd_config_schema)
     for name, (func, help_text) in commands.items():
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
                            formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -20,3 +20,17 @@ def test_there_are_shipped_configs():
 def test_shipped_config_validates(path, monkeypatch):
     monkeypatch.chdir(REPO)  # configs name files relative to the repository root
     load_config(path)
+
+
+def test_config_reference_is_up_to_date():
+    """docs/config.md is generated from the schema; regenerate with
+    `tuner config-schema --format markdown > docs/config.md`."""
+    from tuner.config.reference import markdown
+    from tuner.config.schema import BLOCKS
+
+    committed = (REPO / "docs" / "config.md").read_text()
+    assert committed == markdown(), "docs/config.md is out of date: tuner config-schema --format markdown > docs/config.md"
+    for block in BLOCKS.values():
+        for key, field in block.model_fields.items():
+            assert f"| `{key}` |" in committed
+            assert field.description, f"{key} has no description"

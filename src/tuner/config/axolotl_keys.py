@@ -226,8 +226,12 @@ TOP_LEVEL: dict[str, object] = {
     'mlflow_experiment_name': None,
     'mlflow_run_name': None,
     'mlflow_tracking_uri': None,
+    'model_config': None,
+    'model_kwargs': None,
     'model_quantization_config': None,
     'model_quantization_config_kwargs': None,
+    'model_revision': None,
+    'model_type': None,
     'multipack_real_batches': None,
     'neftune_noise_alpha': None,
     'noisy_embedding_alpha': None,
@@ -242,8 +246,6 @@ TOP_LEVEL: dict[str, object] = {
     'otel_metrics_host': 'localhost',
     'otel_metrics_port': 8000,
     'output_dir': './model-out',
-    'overrides_of_model_config': None,
-    'overrides_of_model_kwargs': None,
     'pad_to_multiple_of': None,
     'pad_to_sequence_len': None,
     'peft': None,
@@ -298,7 +300,6 @@ TOP_LEVEL: dict[str, object] = {
     'resize_token_embeddings_to_32x': None,
     'resources_per_worker': {'GPU': 1},
     'resume_from_checkpoint': None,
-    'revision_of_model': None,
     'reward_model': None,
     'ring_attn_func': None,
     'rl': None,
@@ -367,7 +368,6 @@ TOP_LEVEL: dict[str, object] = {
     'trainer_cls': None,
     'trl': None,
     'trust_remote_code': None,
-    'type_of_model': None,
     'unfrozen_parameters': None,
     'use_comet': None,
     'use_eaft': None,
@@ -433,5 +433,41 @@ DATASET: dict[str, object] = {
     'train_on_eot': None,
     'trust_remote_code': False,
     'type': None,
+}
+
+USER_DEFINED_FORMAT: dict[str, object] = {
+    'field_input': None,
+    'field_instruction': None,
+    'field_output': None,
+    'field_system': None,
+    'format': None,
+    'no_input_format': None,
+    'system_format': None,
+    'system_prompt': None,
+}
+
+SPECIAL_TOKENS: dict[str, object] = {
+    'additional_special_tokens': None,
+    'bos_token': None,
+    'eos_token': None,
+    'pad_token': None,
+    'unk_token': None,
+}
+
+FSDP_CONFIG: dict[str, object] = {
+    'activation_checkpointing': None,
+    'auto_wrap_policy': None,
+    'cpu_offload_pin_memory': None,
+    'cpu_ram_efficient_loading': None,
+    'final_state_dict_type': None,
+    'fsdp_version': None,
+    'min_num_params': None,
+    'mixed_precision_policy': None,
+    'offload_params': None,
+    'reshard_after_forward': None,
+    'state_dict_type': None,
+    'sync_module_states': None,
+    'transformer_layer_cls_to_wrap': None,
+    'use_orig_params': None,
 }
 

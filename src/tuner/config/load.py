@@ -331,17 +331,21 @@ def validate_raw(raw: RawConfig, check_class_names: bool = True) -> TunerConfig:
                 if isinstance(ds.get("type"), dict):
                     ds["type"] = dict(ds["type"])
                     problems += _unknown_key_problems(
-                        ds["type"], set(UserDefinedFormat.model_fields), {}, (key, i, "type"), "user-defined format"
+                        ds["type"], set(UserDefinedFormat.model_fields), axolotl_keys.USER_DEFINED_FORMAT,
+                        (key, i, "type"), "user-defined format",
                     )
     if isinstance(data.get("fsdp_config"), dict):
         from tuner.config.schema import FSDPConfig
 
         data["fsdp_config"] = dict(data["fsdp_config"])
-        problems += _unknown_key_problems(data["fsdp_config"], set(FSDPConfig.model_fields), {}, ("fsdp_config",), "fsdp_config")
+        problems += _unknown_key_problems(
+            data["fsdp_config"], set(FSDPConfig.model_fields), axolotl_keys.FSDP_CONFIG, ("fsdp_config",), "fsdp_config"
+        )
     if isinstance(data.get("special_tokens"), dict):
         data["special_tokens"] = dict(data["special_tokens"])
         problems += _unknown_key_problems(
-            data["special_tokens"], set(SpecialTokens.model_fields), {}, ("special_tokens",), "special_tokens"
+            data["special_tokens"], set(SpecialTokens.model_fields), axolotl_keys.SPECIAL_TOKENS, ("special_tokens",),
+            "special_tokens",
         )
 
     if check_class_names:
