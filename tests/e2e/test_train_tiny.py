@@ -63,8 +63,8 @@ def test_full_finetune_loss_falls_and_output_reloads(tmp_path, smol_tokenizer_di
     record = json.loads((out / "tuner_run.json").read_text())
     assert record["steps"] == 16 and record["data_fingerprint"] and record["versions"]["transformers"]
     metrics = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == list(range(1, 17))
-    assert metrics[-1]["loss"] == pytest.approx(result.losses[-1])
+    assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 17))
+    assert [m for m in metrics if "loss" in m][-1]["loss"] == pytest.approx(result.losses[-1])
     assert (out / "tuner_config.yml").is_file()
 
 
@@ -96,8 +96,9 @@ def test_bf16_gradient_checkpointing_accumulation(tmp_path, smol_tokenizer_dir):
     assert all(torch.isfinite(torch.tensor(result.losses)))
     assert result.losses[-1] < result.losses[0]
     metrics = [json.loads(l) for l in (result.output_dir / "metrics.jsonl").read_text().splitlines()]
-    assert metrics[0]["learning_rate"] == 0.0  # transformers' warmup starts at 0
-    assert metrics[2]["learning_rate"] == pytest.approx(3e-3)
+    steps = [m for m in metrics if "loss" in m]
+    assert steps[0]["learning_rate"] == 0.0  # transformers' warmup starts at 0
+    assert steps[2]["learning_rate"] == pytest.approx(3e-3)
 
 
 def test_cli_preprocess_then_train(tmp_path, smol_tokenizer_dir):
@@ -126,6 +127,6 @@ def test_sample_packing_trains_and_evaluates_packed(tmp_path, smol_tokenizer_dir
     metrics = [json.loads(l) for l in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
     losses = [m["loss"] for m in metrics if "loss" in m]
     assert len(losses) == 10 and losses[-1] < losses[0]
-    assert "eval_loss" in metrics[-1]
+    assert any("eval_loss" in m for m in metrics)
     inspect = subprocess.run([sys.executable, "-m", "tuner", "inspect", str(cfg), "--rows", "0"], capture_output=True, text=True)
     assert "sample packing: 20 rows in" in inspect.stdout

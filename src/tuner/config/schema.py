@@ -288,6 +288,19 @@ class TrainingBlock(Block):
         default=None, description="Train with DeepSpeed (CUDA GPUs): a JSON config file or the config inline."
     )
     logging_steps: PositiveInt = Field(default=1, description="Log every N optimizer steps.")
+    use_tensorboard: bool = Field(default=False, description="Also log to TensorBoard (output_dir/tensorboard).")
+    wandb_project: str | None = Field(default=None, description="Also log to this Weights & Biases project.")
+    wandb_entity: str | None = Field(default=None, description="W&B team or user.")
+    wandb_name: str | None = Field(default=None, description="W&B run name.")
+    wandb_mode: Literal["online", "offline", "disabled"] = Field(
+        default="online", description="W&B mode; offline writes the run under output_dir/wandb without a network."
+    )
+    use_mlflow: bool = Field(default=False, description="Also log to MLflow.")
+    mlflow_tracking_uri: str | None = Field(
+        default=None, description="MLflow tracking URI (default: a local file store in output_dir/mlruns)."
+    )
+    mlflow_experiment_name: str | None = Field(default=None, description="MLflow experiment (default: tuner).")
+    mlflow_run_name: str | None = Field(default=None, description="MLflow run name.")
     eval_steps: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = Field(
         default=None,
         description="Evaluate every N steps (or a fraction of all steps); default: each epoch. Needs val_set_size.",

@@ -1,21 +1,121 @@
-"""Metric sinks: `output_dir/metrics.jsonl` (always) and the progress bar."""
+"""Metric sinks: `output_dir/metrics.jsonl` (always), the experiment trackers a config asks
+for (TensorBoard, Weights & Biases, MLflow; each an optional extra), and the progress bar.
+
+Every record goes to metrics.jsonl first; trackers receive the same numbers (numeric
+values, by step). Nothing secret is ever sent or written: trackers read their API keys from
+the environment themselves."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from tuner.config.schema import TrainingBlock
+from tuner.errors import UserError
+
+
+class Tracker:
+    """An experiment tracker: numbers by step."""
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+def _require(module: str, key: str, extra: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{key} needs the {extra} package, which is not installed: pip install 'tuner[{extra}]'") from None
+
+
+class TensorBoardTracker(Tracker):
+    def __init__(self, folder: Path):
+        _require("tensorboard", "use_tensorboard", "tensorboard")
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        for key, value in values.items():
+            self.writer.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class WandbTracker(Tracker):
+    def __init__(self, t: TrainingBlock, out_dir: Path, config: dict[str, Any]):
+        wandb = _require("wandb", "wandb_project", "wandb")
+        self.run = wandb.init(project=t.wandb_project, entity=t.wandb_entity, name=t.wandb_name, mode=t.wandb_mode,
+                              dir=str(out_dir), config=config, reinit="finish_previous")
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        self.run.log(values, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MlflowTracker(Tracker):
+    def __init__(self, t: TrainingBlock, out_dir: Path, config: dict[str, Any]):
+        mlflow = _require("mlflow", "use_mlflow", "mlflow")
+        self.mlflow = mlflow
+        uri = t.mlflow_tracking_uri or (out_dir / "mlruns").resolve().as_uri()
+        if uri.startswith("file:") or "://" not in uri:
+            # A local file store, chosen on purpose: recent MLflow wants an explicit opt-in for it.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(t.mlflow_experiment_name or "tuner")
+        self.run = mlflow.start_run(run_name=t.mlflow_run_name)
+        mlflow.log_params({k: json.dumps(v) if not isinstance(v, str) else v for k, v in config.items()})
+
+    def log(self, values: dict[str, float], step: int) -> None:
+        self.mlflow.log_metrics(values, step=step)
+
+    def close(self) -> None:
+        self.mlflow.end_run()
+
+
+def open_trackers(t: TrainingBlock, out_dir: Path, config: dict[str, Any]) -> list[Tracker]:
+    """The trackers the config asks for (call on the main process only)."""
+    wanted = [
+        ("use_tensorboard", t.use_tensorboard, lambda: TensorBoardTracker(out_dir / "tensorboard")),
+        ("wandb_project", bool(t.wandb_project), lambda: WandbTracker(t, out_dir, config)),
+        ("use_mlflow", t.use_mlflow, lambda: MlflowTracker(t, out_dir, config)),
+    ]
+    trackers: list[Tracker] = []
+    for key, on, start in wanted:
+        if not on:
+            continue
+        try:
+            trackers.append(start())
+        except UserError:
+            raise
+        except Exception as err:  # noqa: BLE001 - each tracker library has its own errors
+            text = " ".join(str(err).split())[:300]
+            raise UserError(f"{key}: the tracker could not start: {type(err).__name__}: {text}") from None
+    return trackers
+
 
 class MetricsLog:
-    """Appends one JSON object per logged step to metrics.jsonl (flushed at once)."""
+    """Appends one JSON object per record to metrics.jsonl (flushed at once) and forwards
+    its numbers to the trackers."""
 
-    def __init__(self, path: Path, enabled: bool = True, keep_until_step: int | None = None):
+    def __init__(self, path: Path, enabled: bool = True, keep_until_step: int | None = None,
+                 trackers: list[Tracker] | None = None):
         """`keep_until_step`: on resume, drop records of steps after the checkpoint (they are redone)."""
         self.path = path
         self.enabled = enabled
+        self.trackers = trackers or []
         if enabled and path.exists():
             kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                     if line.strip() and keep_until_step and json.loads(line).get("step", 0) <= keep_until_step]
@@ -25,14 +125,23 @@ class MetricsLog:
         self._fh = open(path, "a", encoding="utf-8") if enabled else None
 
     def write(self, record: dict[str, Any]) -> None:
-        if self._fh is not None:
-            self._fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
-            self._fh.flush()
+        if self._fh is None:
+            return
+        self._fh.write(json.dumps({"time": round(time.time(), 3), **record}) + "\n")
+        self._fh.flush()
+        numbers = {k: float(v) for k, v in record.items()
+                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if "step" in record and numbers:
+            for tracker in self.trackers:
+                tracker.log(numbers, int(record["step"]))
 
     def close(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
 
 class Progress:

@@ -51,7 +51,8 @@ from tuner.train.checkpoint import (
     save_final,
 )
 from tuner.train.distributed import accelerator_kwargs, check_world_size
-from tuner.train.log import MetricsLog, Progress
+from tuner.train.log import MetricsLog, Progress, open_trackers
+from tuner.train.report import describe, write_report
 from tuner.train.loss import CausalLMLoss, trained_token_count
 from tuner.train.optim import build_optimizer, build_scheduler
 
@@ -384,7 +385,9 @@ def train(cfg: TunerConfig) -> TrainResult:
 
     # 5. Steps.
     out_dir.mkdir(parents=True, exist_ok=True)
-    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main, keep_until_step=state.step)
+    trackers = open_trackers(t, out_dir, cfg.to_flat()) if main else []
+    metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=main, keep_until_step=state.step, trackers=trackers)
+    metrics.write({"event": "start", "total_steps": plan.total_steps, "from_step": state.step})
     progress = Progress(plan.total_steps, initial=state.step, enabled=main)
     losses: list[float] = []
     window = {"loss_sum": 0.0, "trained": 0, "tokens": 0, "start": time.perf_counter()}
@@ -463,7 +466,10 @@ def train(cfg: TunerConfig) -> TrainResult:
                 saved = checkpoint()
                 if stopping:
                     progress.close()
+                    metrics.write({"event": "stopped", "step": done, "checkpoint": str(saved)})
                     metrics.close()
+                    if main:
+                        log.info("report: %s", describe(write_report(out_dir)))
                     signum = stop.signum or signal.SIGTERM
                     raise Interrupted(
                         f"stopped by {signal.Signals(signum).name} after step {done} of {plan.total_steps}; "
@@ -474,7 +480,6 @@ def train(cfg: TunerConfig) -> TrainResult:
         if data.eval is not None:
             run_eval(plan.total_steps)
     progress.close()
-    metrics.close()
 
     # 6. Save the model (or adapter), tokenizer, config and run record.
     accelerator.wait_for_everyone()
@@ -492,6 +497,10 @@ def train(cfg: TunerConfig) -> TrainResult:
         }
         save_final(trained, tokenizer, cfg, out_dir, record, dtype=save_dtype)
         log.info("saved the trained %s to %s", "adapter" if cfg.adapter.adapter else "model", out_dir)
+        metrics.write({"event": "end", "saved_to": str(out_dir)})
+    metrics.close()
+    if main:
+        log.info("summary: %s (report: %s)", describe(write_report(out_dir)), out_dir / "report.png")
     accelerator.end_training()
     return TrainResult(out_dir, trained, plan.total_steps, state.trained_tokens, losses[-1] if losses else math.nan, losses)
 

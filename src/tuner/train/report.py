@@ -1,0 +1,103 @@
+"""The end-of-run report: `output_dir/report.png` (losses, learning rate, tokens/s by step)
+and a short summary (`summary.json`), both computed from `metrics.jsonl` alone, so
+`tuner report OUTPUT_DIR` can redraw them at any time, also while a run is still going.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tuner.errors import UserError
+
+SUMMARY = "summary.json"
+REPORT = "report.png"
+
+
+def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
+    path = out_dir / "metrics.jsonl"
+    if not path.is_file():
+        raise UserError(f"{out_dir} has no metrics.jsonl: not a tuner output folder, or training has not started")
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line being written right now
+    return records
+
+
+def summarize(records: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_loss" in r]
+    start = next((r for r in records if r.get("event") == "start"), None)
+    end = next((r for r in reversed(records) if r.get("event") == "end"), None)
+    times = [r["time"] for r in records if "time" in r]
+    return {
+        "steps": steps[-1]["step"] if steps else 0,
+        "total_steps": start.get("total_steps") if start else None,
+        "trained_tokens": steps[-1].get("trained_tokens", 0) if steps else 0,
+        "wall_time_seconds": round(times[-1] - (start["time"] if start else times[0]), 1) if times else 0.0,
+        "final_train_loss": steps[-1]["loss"] if steps else None,
+        "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
+        "best_eval_loss": min(r["eval_loss"] for r in evals) if evals else None,
+        "finished": end is not None,
+        "saved_to": end.get("saved_to") if end else None,
+        "output_dir": str(out_dir),
+    }
+
+
+def describe(summary: dict[str, Any]) -> str:
+    def fmt(x: Any) -> str:
+        return f"{x:.4f}" if isinstance(x, float) else "-" if x is None else str(x)
+
+    total = f" of {summary['total_steps']}" if summary["total_steps"] else ""
+    state = f"saved to {summary['saved_to']}" if summary["finished"] else "not finished"
+    return (
+        f"steps {summary['steps']}{total}, trained tokens {summary['trained_tokens']:,}, "
+        f"wall time {summary['wall_time_seconds']:.0f}s, final loss {fmt(summary['final_train_loss'])}, "
+        f"final eval loss {fmt(summary['final_eval_loss'])}, best eval loss {fmt(summary['best_eval_loss'])}; {state}"
+    )
+
+
+def draw(records: list[dict[str, Any]], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_loss" in r]
+    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss")
+    if evals:
+        axes[0].plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
+    axes[0].set_ylabel("loss")
+    axes[0].legend()
+    axes[1].plot([r["step"] for r in steps], [r.get("learning_rate", 0) for r in steps], color="tab:green")
+    axes[1].set_ylabel("learning rate")
+    axes[2].plot([r["step"] for r in steps], [r.get("tokens_per_second", 0) for r in steps], color="tab:red", label="tokens/s")
+    axes[2].plot([r["step"] for r in steps], [r.get("trained_tokens_per_second", 0) for r in steps],
+                 color="tab:orange", label="trained tokens/s")
+    axes[2].set_ylabel("tokens / s")
+    axes[2].set_xlabel("step")
+    axes[2].legend()
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def write_report(out_dir: Path) -> dict[str, Any]:
+    """Draw report.png and write summary.json from metrics.jsonl; return the summary."""
+    records = read_metrics(out_dir)
+    summary = summarize(records, out_dir)
+    if any("loss" in r for r in records):
+        draw(records, out_dir / REPORT, f"tuner: {out_dir.name}")
+    (out_dir / SUMMARY).write_text(json.dumps(summary, indent=2))
+    return summary
