@@ -74,9 +74,9 @@ def test_axolotl_key_not_supported_yet_differs_from_unknown():
 
 
 def test_empty_axolotl_key_is_accepted():
-    # Axolotl example configs are full of empty keys (`wandb_project:`): they ask for nothing.
-    cfg = ok(BASE + "wandb_project:\nflash_attention:\n")
-    assert "wandb_project" not in cfg.to_flat()
+    # Axolotl example configs are full of empty keys (`hub_model_id:`): they ask for nothing.
+    cfg = ok(BASE + "hub_model_id:\nflash_attention:\nstrict: false\n")
+    assert "hub_model_id" not in cfg.to_flat() and "strict" not in cfg.to_flat()
 
 
 def test_literal_error_lists_allowed_values_and_did_you_mean():
