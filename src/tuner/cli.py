@@ -131,6 +131,15 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace, overrides: list[str]) -> int:
+    cfg = _config(args, overrides)
+    _quiet_libraries()
+    from tuner.models.info import info_report
+
+    print(info_report(cfg, device_memory=args.device_memory))
+    return 0
+
+
 def cmd_report(args: argparse.Namespace, overrides: list[str]) -> int:
     from pathlib import Path
 
@@ -183,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         "merge-lora": (cmd_merge_lora, "merge the trained adapter into the base weights (a standard HF folder)"),
         "generate": (cmd_generate, "complete one prompt with the trained model"),
         "chat": (cmd_chat, "talk to the trained model, turn by turn (stdin)"),
+        "info": (cmd_info, "what would train: classes, parameters, and a memory plan for one step (no weights loaded)"),
     }
     report = sub.add_parser("report", help="redraw OUTPUT_DIR/report.png and summary.json from metrics.jsonl")
     report.add_argument("output_dir", help="a training output folder (also while training runs)")
@@ -201,6 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--node-rank", type=int, default=0, help="this machine's index, 0 to nnodes-1")
             p.add_argument("--master-addr", help="address of the node-rank 0 machine (multi-node)")
             p.add_argument("--master-port", type=int, help="its port (multi-node)")
+        if name == "info":
+            p.add_argument("--device-memory", help="check the plan against this much memory, e.g. 24GiB "
+                           "(default: the detected GPU, or this machine's RAM)")
         if name == "inspect":
             p.add_argument("--rows", type=int, default=3, help="how many prepared rows to show (default 3)")
         if name == "merge-lora":
