@@ -47,16 +47,20 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
-    cfg = _config(args, overrides)
-    _quiet_libraries()
+def _prepare(cfg):
+    """(prepared data, tokenizer) for a config: the data stage, without model weights."""
     from tuner.data.pipeline import prepare
     from tuner.models.load import load_tokenizer, resolve_base, tokenizer_files
 
     base = resolve_base(cfg.model)
     tokenizer = load_tokenizer(cfg.model, base)
-    prepared = prepare(cfg, tokenizer, tokenizer_files(cfg.model, base))
-    print(prepared.summary())
+    return prepare(cfg, tokenizer, tokenizer_files(cfg.model, base)), tokenizer
+
+
+def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
+    cfg = _config(args, overrides)
+    _quiet_libraries()
+    print(_prepare(cfg)[0].summary())
     return 0
 
 
@@ -64,12 +68,8 @@ def cmd_inspect(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = _config(args, overrides)
     _quiet_libraries()
     from tuner.data.inspect import report, use_colour
-    from tuner.data.pipeline import prepare
-    from tuner.models.load import load_tokenizer, resolve_base, tokenizer_files
 
-    base = resolve_base(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, base)
-    prepared = prepare(cfg, tokenizer, tokenizer_files(cfg.model, base))
+    prepared, tokenizer = _prepare(cfg)
     t = cfg.training
     print(report(prepared, tokenizer, cfg.data.sequence_len, t.micro_batch_size, t.seed, args.rows, use_colour(),
                  packing=cfg.data.sample_packing))

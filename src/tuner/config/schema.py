@@ -524,4 +524,3 @@ def _format_problems(fmt: UserDefinedFormat, path: tuple[Any, ...]) -> list[Prob
     except (KeyError, IndexError, ValueError):
         out.append(Problem(path + ("system_format",), f"{fmt.system_format!r} may only use {{system}}."))
     return out
-    return problems

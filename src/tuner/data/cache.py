@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner import __version__
 from tuner.config.schema import TunerConfig
+from tuner.fsutil import atomic_folder
 
 if TYPE_CHECKING:
     from datasets import Dataset
@@ -105,16 +104,7 @@ def load(root: Path, fp: str) -> tuple[Dataset, dict[str, Any]] | None:
 
 def save(root: Path, fp: str, rows: Dataset, meta: dict[str, Any]) -> Path:
     """Write rows + meta.json to a temporary folder, then rename it into place."""
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / fp
-    tmp = Path(tempfile.mkdtemp(prefix=f".{fp}.tmp-", dir=root))
-    try:
+    with atomic_folder(root / fp) as tmp:
         rows.save_to_disk(str(tmp / ROWS))
         (tmp / META).write_text(json.dumps({**meta, "fingerprint": fp}, indent=2, sort_keys=True))
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+    return root / fp

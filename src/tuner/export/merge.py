@@ -9,12 +9,11 @@ base weights, which the adapter partly learned to compensate.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tuner.errors import UserError
+from tuner.fsutil import atomic_folder
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -40,15 +39,7 @@ def merge(adapter_dir: Path, output: Path, dtype: str | None = None) -> Path:
         base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
     merged: Any = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged = merged.to(getattr(torch, name))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.tmp-", dir=output.parent))
-    try:
+    with atomic_folder(output) as tmp:
         merged.save_pretrained(tmp)  # safetensors
         tokenizer.save_pretrained(tmp)  # with the chat template that trained the adapter
-        if output.exists():
-            shutil.rmtree(output)
-        tmp.rename(output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return output

@@ -19,14 +19,13 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.config.schema import AdapterBlock, ModelBlock
 from tuner.errors import UserError
+from tuner.fsutil import atomic_folder
 from tuner.models import resolve
 
 if TYPE_CHECKING:
@@ -201,18 +200,11 @@ def _convert_gguf_into(path: Path, out: Path, model: ModelBlock) -> None:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict(), strict=True)
     plain.generation_config = quantized.generation_config
-    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".tmp-", dir=out.parent))
-    try:
+    with atomic_folder(out) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         meta = {"source": str(path.resolve()), "size": path.stat().st_size, "dtype": "float32"}
         (tmp / "tuner_gguf.json").write_text(json.dumps(meta, indent=2))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -346,8 +338,11 @@ def bnb_config(a: AdapterBlock, compute_dtype: torch.dtype) -> Any:
     """bitsandbytes quantization for `load_in_4bit` / `load_in_8bit`, or None."""
     if not (a.load_in_4bit or a.load_in_8bit):
         return None
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise UserError("load_in_4bit/load_in_8bit need the bitsandbytes package, which is not installed")
     try:
-        import bitsandbytes  # noqa: F401
         from transformers import BitsAndBytesConfig
     except ImportError as err:
         raise UserError(f"load_in_4bit/load_in_8bit need bitsandbytes, which cannot be imported here: {err}") from None
