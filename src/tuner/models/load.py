@@ -338,8 +338,6 @@ def bnb_config(a: AdapterBlock, compute_dtype: torch.dtype) -> Any:
     """bitsandbytes quantization for `load_in_4bit` / `load_in_8bit`, or None."""
     if not (a.load_in_4bit or a.load_in_8bit):
         return None
-    import importlib.util
-
     if importlib.util.find_spec("bitsandbytes") is None:
         raise UserError("load_in_4bit/load_in_8bit need the bitsandbytes package, which is not installed")
     try:
