@@ -50,12 +50,15 @@ def test_lora_on_smollm2_trains_and_saves(tmp_path, smol_model_dir):
     adapter_cfg = json.loads((out / "adapter_config.json").read_text())
     # The adapter points at the converted plain folder, not at the GGUF.
     assert adapter_cfg["base_model_name_or_path"] == str(smol_model_dir)
-    base = AutoModelForCausalLM.from_pretrained(adapter_cfg["base_model_name_or_path"], dtype=torch.float32)
+    trained = result.model.eval()
+    # Under `bf16: auto` on a CPU with AMX the frozen base is held in bf16 while training;
+    # reload it in the dtype it trained in, so the comparison is exact.
+    base_dtype = trained.get_input_embeddings().weight.dtype
+    base = AutoModelForCausalLM.from_pretrained(adapter_cfg["base_model_name_or_path"], dtype=base_dtype)
     reloaded = PeftModel.from_pretrained(base, out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert tokenizer.chat_template  # saved with the tokenizer
     ids = tokenizer(["### Instruction:\nAdd the numbers."], return_tensors="pt")["input_ids"]
-    trained = result.model.eval()
     with torch.no_grad():
         assert torch.equal(trained(input_ids=ids).logits, reloaded(input_ids=ids).logits)
 
