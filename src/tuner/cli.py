@@ -116,7 +116,7 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     from tuner.infer.generate import generate
 
     model_dir = Path(args.model_dir) if args.model_dir else None
-    print(generate(cfg, prompt, _sampling(args), model_dir, args.chat_template))
+    print(generate(cfg, prompt, _sampling(args), model_dir, args.chat_template, args.input or ""))
     return 0
 
 
@@ -228,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "generate":
             p.add_argument("--prompt", help="the prompt text (else --prompt-file, else stdin)")
             p.add_argument("--prompt-file")
+            p.add_argument("--input", help="the input field of an instruction format (alpaca: `### Input:`)")
             p.add_argument("--chat-template", action="store_true", help="wrap the prompt in the chat template")
         p.set_defaults(func=func)
     return parser

@@ -167,3 +167,21 @@ def test_chat_keys_on_other_types_are_refused(tmp_path):
         make_config(tmp_path, base_model="x", learning_rate=1e-4, num_epochs=1,
                     datasets=[{"path": "d.jsonl", "type": "alpaca", "roles_to_train": ["user"]}])
     assert "datasets[0].roles_to_train" in str(info.value) and "chat_template only" in str(info.value)
+
+
+def test_generate_prompt_is_the_training_prompt(tmp_path):
+    """`tuner generate --prompt I --input X` builds exactly the prompt an alpaca row {I, X}
+    trained on; a type without an input field refuses --input."""
+    from tuner.data.formats import alpaca
+    from tuner.infer.generate import training_prompt
+
+    cfg = make_config(tmp_path, base_model="x", datasets=[{"path": "d.jsonl", "type": "alpaca"}],
+                      learning_rate=1e-4, num_epochs=1)
+    row = {"instruction": "Convert the date.", "input": "March 5th 2021"}
+    assert training_prompt(cfg, row["instruction"], row["input"]) == alpaca.prompt(row)
+    assert "### Input:" not in training_prompt(cfg, row["instruction"])
+    cfg = make_config(tmp_path, base_model="x", datasets=[{"path": "d.jsonl", "type": "completion"}],
+                      learning_rate=1e-4, num_epochs=1)
+    assert training_prompt(cfg, "Once upon") == "Once upon"
+    with pytest.raises(UserError, match="no input field"):
+        training_prompt(cfg, "Once upon", "a time")

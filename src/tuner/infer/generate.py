@@ -65,16 +65,20 @@ def uses_chat(cfg: TunerConfig) -> bool:
     return any(ds.kind == "chat_template" for ds in cfg.data.datasets)
 
 
-def training_prompt(cfg: TunerConfig, text: str) -> str:
-    """`text` as the instruction, in the prompt format of the first dataset's type."""
+def training_prompt(cfg: TunerConfig, text: str, input_text: str = "") -> str:
+    """`text` as the instruction (and `input_text` as the input), in the prompt format of the
+    first dataset's type."""
     from tuner.data.formats import alpaca, user_defined
 
     ds = cfg.data.datasets[0]
     if ds.kind == "alpaca":
-        return alpaca.prompt({"instruction": text, "input": ""})
+        return alpaca.prompt({"instruction": text, "input": input_text})
     if ds.kind == "user_defined":
         fmt = ds.type
-        return user_defined.prompt({fmt.field_instruction: text, fmt.field_input: ""}, ds)
+        return user_defined.prompt({fmt.field_instruction: text, fmt.field_input: input_text}, ds)
+    if input_text:
+        raise UserError(f"--input: the dataset type of datasets[0] ({ds.kind}) has no input field; "
+                        "put everything in the prompt")
     return text  # completion, input_output, pre-tokenized: the text as written
 
 
@@ -95,11 +99,18 @@ def complete(model: Any, tokenizer: Any, prompt: str, sampling: Sampling, specia
     return tokenizer.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def generate(cfg: TunerConfig, prompt: str, sampling: Sampling, model_dir: Path | None, chat_template: bool) -> str:
+def generate(cfg: TunerConfig, prompt: str, sampling: Sampling, model_dir: Path | None, chat_template: bool,
+             input_text: str = "") -> str:
+    """Complete `prompt` (the instruction; `input_text` fills an instruction format's input field)."""
+    chat = chat_template or uses_chat(cfg)
+    if input_text and chat:
+        raise UserError("--input is for instruction formats (alpaca, user-defined); with a chat template "
+                        "put everything in the prompt")
+    text = None if chat else training_prompt(cfg, prompt, input_text)  # format errors before loading
     model, tokenizer = load_trained(model_dir or Path(cfg.training.output_dir))
-    if chat_template or uses_chat(cfg):
+    if chat:
         return complete(model, tokenizer, chat_prompt(tokenizer, [{"role": "user", "content": prompt}]), sampling, False)
-    return complete(model, tokenizer, training_prompt(cfg, prompt), sampling, True)
+    return complete(model, tokenizer, text, sampling, True)
 
 
 def chat(cfg: TunerConfig, sampling: Sampling, model_dir: Path | None, stdin: TextIO = sys.stdin,
