@@ -86,15 +86,14 @@ class Encoder:
 def _encode_rows(rows: list[dict[str, Any]], ds: DatasetConfig, enc: Encoder) -> list[dict[str, Any] | FieldError]:
     """Tokenized rows (see tokenize.finish_row), or the FieldError of each bad row."""
     kind, fmt = ds.kind, get_format(ds.kind)
-    if kind in ("chat_template", "pretokenized"):
+    if kind == "chat_template":
+        encoded = fmt.encode_many(rows, ds, enc.tokenizer, enc.template, enc.settings.train_on_inputs)
+        return [r if isinstance(r, FieldError) else finish_row(*r, enc.settings) for r in encoded]
+    if kind == "pretokenized":
         out: list[dict[str, Any] | FieldError] = []
         for row in rows:
             try:
-                if kind == "chat_template":
-                    ids, labels = fmt.encode(row, ds, enc.tokenizer, enc.template, enc.settings.train_on_inputs)
-                else:
-                    ids, labels = fmt.encode(row, len(enc.tokenizer))
-                out.append(finish_row(ids, labels, enc.settings))
+                out.append(finish_row(*fmt.encode(row, len(enc.tokenizer)), enc.settings))
             except FieldError as err:
                 out.append(err)
         return out

@@ -25,6 +25,7 @@ How the trained tokens are found
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,7 +124,7 @@ def locate(text: str, msgs: list[Message], field: str) -> list[tuple[int, int] |
         idxs = groups[content]
         found: list[int] = []
         for needle in dict.fromkeys([content, content.strip()]):  # verbatim, then as a trimming template writes it
-            found = [m.start() for m in re.finditer(re.escape(needle), text) if free(m.start(), m.start() + len(needle))]
+            found = [at for at in _occurrences(text, needle) if free(at, at + len(needle))]
             if len(found) == len(idxs):
                 break
         if len(found) != len(idxs):
@@ -152,6 +153,15 @@ def locate(text: str, msgs: list[Message], field: str) -> list[tuple[int, int] |
     return spans
 
 
+def _occurrences(text: str, needle: str) -> list[int]:
+    """Start of every non-overlapping occurrence of `needle` in `text`, left to right."""
+    found, at = [], text.find(needle)
+    while at >= 0:
+        found.append(at)
+        at = text.find(needle, at + len(needle))
+    return found
+
+
 def _special_ids(tokenizer: Any) -> set[int]:
     ids = set(tokenizer.all_special_ids)
     decoder = getattr(tokenizer, "added_tokens_decoder", {}) or {}
@@ -159,51 +169,102 @@ def _special_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
-def encode(
-    row: dict[str, Any], ds: DatasetConfig, tokenizer: Any, template: str, train_on_inputs: bool
-) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) of one conversation."""
-    msgs = messages(row, ds)
-    field = ds.field_messages
-    if (
+def _uses_markers(msgs: list[Message], ds: DatasetConfig, template: str, train_on_inputs: bool) -> bool:
+    return bool(
         GENERATION_MARKER.search(template)
         and ds.roles_to_train == ["assistant"]
         and all(m.training is None for m in msgs)
         and not train_on_inputs
-    ):
-        return _encode_with_markers(msgs, tokenizer, template, field)
-
-    text = render(msgs, tokenizer, template, field)
-    spans = locate(text, msgs, field)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids, offsets = enc["input_ids"], enc["offset_mapping"]
-    if train_on_inputs:
-        return list(ids), list(ids)
-
-    trained = [spans[i] for i, m in enumerate(msgs) if spans[i] is not None and is_trained(m, ds)]
-    labels = [
-        tok if any(start < e and end > s for s, e in trained) else IGNORE
-        for tok, (start, end) in zip(ids, offsets)
-    ]
-    for t in _end_tokens(msgs, spans, ids, offsets, tokenizer, ds):
-        labels[t] = ids[t]
-    return list(ids), labels
+    )
 
 
-def _end_tokens(msgs, spans, ids, offsets, tokenizer, ds) -> list[int]:
+def encode(
+    row: dict[str, Any], ds: DatasetConfig, tokenizer: Any, template: str, train_on_inputs: bool
+) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one conversation. Raises FieldError."""
+    result = encode_many([row], ds, tokenizer, template, train_on_inputs)[0]
+    if isinstance(result, FieldError):
+        raise result
+    return result
+
+
+def encode_many(
+    rows: list[dict[str, Any]], ds: DatasetConfig, tokenizer: Any, template: str, train_on_inputs: bool
+) -> list[tuple[list[int], list[int]] | FieldError]:
+    """(input_ids, labels) of each conversation, or the FieldError of a bad one.
+
+    Renders and locates row by row, then tokenizes all renderings in one batched call of the
+    fast tokenizer (with offsets)."""
+    field = ds.field_messages
+    results: list[tuple[list[int], list[int]] | FieldError] = []
+    pending: list[tuple[int, str, list[Message], list[tuple[int, int] | None]]] = []
+    for row in rows:
+        try:
+            msgs = messages(row, ds)
+            if _uses_markers(msgs, ds, template, train_on_inputs):
+                results.append(_encode_with_markers(msgs, tokenizer, template, field))
+                continue
+            text = render(msgs, tokenizer, template, field)
+            spans = locate(text, msgs, field)
+        except FieldError as err:
+            results.append(err)
+            continue
+        pending.append((len(results), text, msgs, spans))
+        results.append(FieldError(field, "not encoded"))  # replaced below
+    if not pending:
+        return results
+    enc = tokenizer([p[1] for p in pending], add_special_tokens=False, return_offsets_mapping=True)
+    special = _special_ids(tokenizer) if ds.train_on_eos != "none" else set()
+    for (at, _, msgs, spans), ids, offsets in zip(pending, enc["input_ids"], enc["offset_mapping"]):
+        ids = list(ids)
+        if train_on_inputs:
+            results[at] = (ids, list(ids))
+            continue
+        labels = _content_labels(ids, offsets, [s for m, s in zip(msgs, spans) if s is not None and is_trained(m, ds)])
+        for t in _end_tokens(msgs, spans, ids, offsets, special, ds):
+            labels[t] = ids[t]
+        results[at] = (ids, labels)
+    return results
+
+
+def _content_labels(ids: list[int], offsets: list[tuple[int, int]], trained: list[tuple[int, int]]) -> list[int]:
+    """Each token's id where any of its characters lies in a trained span, else IGNORE."""
+    starts = [o[0] for o in offsets]
+    ends = [o[1] for o in offsets]
+    labels = [IGNORE] * len(ids)
+    if _non_decreasing(starts) and _non_decreasing(ends):
+        # The tokens overlapping [s, e) are then one run: from the first ending after s
+        # to the last starting before e.
+        for s, e in trained:
+            for t in range(bisect_right(ends, s), bisect_left(starts, e)):
+                labels[t] = ids[t]
+        return labels
+    for t, (start, end) in enumerate(offsets):  # offsets out of order (rare): check every token
+        if any(start < e and end > s for s, e in trained):
+            labels[t] = ids[t]
+    return labels
+
+
+def _non_decreasing(values: list[int]) -> bool:
+    return values == sorted(values)
+
+
+def _end_tokens(msgs, spans, ids, offsets, special: set[int], ds: DatasetConfig) -> list[int]:
     """Token positions of the end-of-turn tokens that `train_on_eos` trains."""
     if ds.train_on_eos == "none":
         return []
-    special = _special_ids(tokenizer)
     located = [i for i, s in enumerate(spans) if s is not None]
+    starts = [o[0] for o in offsets]
+    ordered = _non_decreasing(starts)
     ends: dict[int, int] = {}
     for k, i in enumerate(located):
         after = spans[i][1]
         before = spans[located[k + 1]][0] if k + 1 < len(located) else float("inf")
-        for t, (start, _) in enumerate(offsets):
-            if start >= before:
+        # the first special token starting at or after the content's end, before the next message
+        for t in range(bisect_left(starts, after) if ordered else 0, len(ids)):
+            if starts[t] >= before:
                 break
-            if start >= after and ids[t] in special:
+            if starts[t] >= after and ids[t] in special:
                 ends[i] = t
                 break
     trained = [i for i in located if is_trained(msgs[i], ds)]
