@@ -112,3 +112,33 @@ def test_head_only_on_trained_positions_equals_full_logits(family, monkeypatch):
     assert torch.allclose(v1, v2, rtol=1e-5, atol=1e-5)
     assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-5), (g1 - g2).abs().max()
     assert CausalLMLoss(AutoModelForCausalLM.from_config(config)).gathered_head  # the default for this family
+
+
+def test_flattened_batches_equal_padded_batches(accelerator):
+    """batch_flattening: each micro-batch's rows end to end in one row give the padded
+    batches' loss and gradients (fp32, 1e-5) without a single pad slot; a control whose
+    positions run on across the rows differs."""
+    from datasets import Dataset
+
+    from tuner.data.pack import Batches
+
+    data = rows()
+    ds = Dataset.from_dict({"input_ids": [r[0] for r in data], "labels": [r[1] for r in data]})
+    units = [[0, 5], [1, 6], [2, 7], [3, 4]]  # rows of unequal length in every micro-batch
+    results = {}
+    for name, flatten in (("padded", False), ("flat", True)):
+        batches = [Batches(ds, 0, 128, flatten=flatten).batch(u) for u in units]
+        model = CausalLMLoss(tiny_llama())
+        loss_sum, trained = accumulate_gradients(model, batches, accelerator)
+        results[name] = (loss_sum / trained, grads(model), batches)
+    (l1, g1, padded), (l2, g2, flat) = results["padded"], results["flat"]
+    assert all(b["input_ids"].shape[0] == 1 and b["input_ids"].shape[1] == sum(len(data[i][0]) for i in u)
+               for b, u in zip(flat, units))
+    assert sum(b["input_ids"].numel() for b in padded) > sum(b["input_ids"].numel() for b in flat)
+    assert float(l1) == pytest.approx(float(l2), rel=1e-5)
+    assert torch.allclose(g1, g2, rtol=1e-5, atol=1e-5), (g1 - g2).abs().max()
+
+    leaky = [{**b, "position_ids": torch.arange(b["input_ids"].shape[1])[None]} for b in flat]
+    model = CausalLMLoss(tiny_llama())
+    loss_sum, trained = accumulate_gradients(model, leaky, accelerator)
+    assert not torch.allclose(grads(model), g1, rtol=1e-5, atol=1e-5)

@@ -208,6 +208,11 @@ class DataBlock(Block):
     eval_sample_packing: bool | None = Field(
         default=None, description="Pack evaluation rows too (default: as sample_packing)."
     )
+    batch_flattening: bool = Field(
+        default=False,
+        description="Without packing: put each micro-batch's rows end to end in one row (restarting "
+        "position_ids, no padding, no cross-attention) instead of padding them to the longest.",
+    )
     pad_to_sequence_len: bool = Field(
         default=False, description="Pad every batch to sequence_len (default: to its longest row)."
     )
@@ -474,6 +479,13 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
 
         if not Path(t.deepspeed).is_file():
             problems.append(Problem(("deepspeed",), f"{t.deepspeed!r}: no such DeepSpeed JSON file."))
+    d = cfg.data
+    if d.batch_flattening and d.sample_packing:
+        problems.append(Problem(("batch_flattening",), "batch_flattening is for unpacked batches, and sample_packing "
+                                "already packs rows without padding; keep one."))
+    if d.batch_flattening and d.pad_to_sequence_len:
+        problems.append(Problem(("batch_flattening",), "batch_flattening removes padding and pad_to_sequence_len adds "
+                                "it; keep one."))
     if t.eval_steps is not None and not cfg.data.val_set_size and not cfg.data.test_datasets:
         problems.append(
             Problem(("eval_steps",), "eval_steps is set but there is nothing to evaluate: set val_set_size or test_datasets.")

@@ -13,6 +13,10 @@ boundary. The first token of each document gets label -100: it is never trained 
 continuation of the document before it. The tail of a packed row that is shorter than the
 longest in its micro-batch is filled with pad tokens that form a document of their own
 (positions restarting at 0, labels -100), so real tokens never attend to them.
+
+`batch_flattening` (without packing) keeps the micro-batches of the unpacked order but puts
+each one's rows end to end in a single packed row, as above: the same rows and the same
+loss as the padded batch, without computing the padding.
 """
 
 from __future__ import annotations
@@ -119,6 +123,7 @@ class Batches:
     packing: bool = False
     pad_to_multiple_of: int | None = None
     pad_to_sequence_len: bool = False
+    flatten: bool = False  # batch_flattening: a micro-batch of rows as one row of documents
 
     def __post_init__(self) -> None:
         self.lengths = [len(ids) for ids in self.rows["input_ids"]]
@@ -145,6 +150,9 @@ class Batches:
         pad_to = self.sequence_len if self.pad_to_sequence_len else None
         if self.bins is None:
             picked = self.rows[list(units)]
+            if self.flatten:  # the rows end to end: one packed row, nothing padded
+                docs = list(zip(picked["input_ids"], picked["labels"]))
+                return packed_batch([docs], self.pad_token_id, self.pad_to_multiple_of)
             return pad_batch(picked["input_ids"], picked["labels"], self.pad_token_id, self.pad_to_multiple_of, pad_to)
         members = [self.bins[u] for u in units]
         picked = self.rows[[i for m in members for i in m]]

@@ -806,7 +806,9 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
     grads = 4 * p.trainable
     optimizer = 8 * p.trainable
 
-    layer_saved = [layer_bytes_per_token(layer, p, r, S, attn, mask) * T for layer in p.layers]
+    # attention spans a row: sequence_len, or the whole micro-batch when it is flattened into one row
+    span = T if d.batch_flattening else S
+    layer_saved = [layer_bytes_per_token(layer, p, r, span, attn, mask) * T for layer in p.layers]
     rope = 2 * T * p.head_dim * r.residual
     final_norm = 4 * h + 4 + (4 * h if r.full else 0)
     plain_head = model_type is None or model_type in PLAIN_HEAD
@@ -1008,7 +1010,7 @@ def data_lines(cfg: TunerConfig, facts: ModelFacts) -> list[str]:
         train, held = split_eval(rows, d.val_set_size, t.seed)
         n_eval = "no evaluation rows" if held is None else f"{held.num_rows:,} held out (val_set_size)"
     batches = Batches(train, facts.tokenizer.pad_token_id, d.sequence_len, d.sample_packing,
-                      d.pad_to_multiple_of, d.pad_to_sequence_len)
+                      d.pad_to_multiple_of, d.pad_to_sequence_len, d.batch_flattening)
     plan = StepPlan.build(batches.units, t, 1)
     tokens = sum(batches.lengths)
     labels = train.with_format("numpy")["labels"]
@@ -1107,7 +1109,7 @@ def info_report(cfg: TunerConfig, device_memory: str | None) -> str:
         f"memory plan: one optimizer step, micro_batch_size {t.micro_batch_size} x sequence_len {d.sequence_len} = "
         f"{plan.tokens:,} token slots per micro-batch, {prec}{quant}, {cfg.model.attn_implementation} attention, "
         f"gradient checkpointing {'on' if t.gradient_checkpointing else 'off'}, "
-        f"{'sample packing' if d.sample_packing else 'padded batches'}"
+        f"{'sample packing' if d.sample_packing else 'flattened batches' if d.batch_flattening else 'padded batches'}"
     )
     width = max(len(line.name) for line in plan.lines)
     for line in plan.lines:

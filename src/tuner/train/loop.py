@@ -345,12 +345,12 @@ def train(cfg: TunerConfig) -> TrainResult:
     # 4. Batches (packed or padded), plan, optimizer, schedule; then the checkpoint to resume from.
     d = cfg.data
     train_batches = Batches(data.train, tokenizer.pad_token_id, d.sequence_len, d.sample_packing,
-                            d.pad_to_multiple_of, d.pad_to_sequence_len)
+                            d.pad_to_multiple_of, d.pad_to_sequence_len, d.batch_flattening)
     eval_batches = None
     if data.eval is not None:
         eval_packing = d.sample_packing if d.eval_sample_packing is None else d.eval_sample_packing
         eval_batches = Batches(data.eval, tokenizer.pad_token_id, d.sequence_len, eval_packing,
-                               d.pad_to_multiple_of, d.pad_to_sequence_len)
+                               d.pad_to_multiple_of, d.pad_to_sequence_len, d.batch_flattening and not eval_packing)
     plan = StepPlan.build(train_batches.units, t, accelerator.num_processes)
     optimizer = build_optimizer(model.parameters(), t)
     scheduler = build_scheduler(optimizer, t, plan.total_steps)
