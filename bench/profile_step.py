@@ -1,0 +1,80 @@
+"""Where the time of one tuner training step goes: torch.profiler over a few steps of a real run.
+
+    .venv/bin/python bench/profile_step.py CONFIG.yml [--steps 6] [--profile-from 3]
+
+Runs `tuner.train.loop.train` on CONFIG unchanged, except that the optimizer steps from
+--profile-from on are recorded with torch.profiler (CPU) and the run stops before saving.
+Prints the operators by self CPU time, and the split between forward (incl. the loss),
+backward and the optimizer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--profile-from", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=25, help="operators to print")
+    a = ap.parse_args()
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    import tuner.train.loop as loop
+    from tuner.config import load_config
+
+    cfg = load_config(a.config, ["--max_steps", str(a.steps), "--overwrite_output_dir", "true"])
+    state = {"step": 0, "prof": None, "phase": {"forward+loss": 0.0, "backward": 0.0}, "wall": 0.0}
+    original = loop.accumulate_gradients
+
+    def accumulate_gradients(model, batches, accelerator):
+        state["step"] += 1
+        if state["step"] < a.profile_from:
+            return original(model, batches, accelerator)
+        if state["prof"] is None:
+            state["prof"] = profile(activities=[ProfilerActivity.CPU])
+            state["prof"].__enter__()
+        t0 = time.perf_counter()
+        with record_function("tuner.step"):
+            # the same work as loop.accumulate_gradients, timed in two phases
+            step_trained = sum(loop.trained_token_count(b["labels"]) for b in batches)
+            for batch in batches:
+                t = time.perf_counter()
+                with accelerator.autocast():
+                    summed = model(**batch)
+                state["phase"]["forward+loss"] += time.perf_counter() - t
+                t = time.perf_counter()
+                accelerator.backward(summed / step_trained)
+                state["phase"]["backward"] += time.perf_counter() - t
+        state["wall"] += time.perf_counter() - t0
+        return summed.detach().double(), step_trained
+
+    class Done(Exception):
+        pass
+
+    def save_final(*args, **kwargs):
+        raise Done
+
+    loop.accumulate_gradients, loop.save_final = accumulate_gradients, save_final
+    try:
+        loop.train(cfg)
+    except Done:
+        pass
+    prof = state["prof"]
+    prof.__exit__(None, None, None)
+    n = a.steps - a.profile_from + 1
+    print(f"\n{n} profiled steps: forward + loss {state['phase']['forward+loss'] / n:.2f} s/step, "
+          f"backward {state['phase']['backward'] / n:.2f} s/step (optimizer not included)")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.rows))
+
+
+if __name__ == "__main__":
+    main()
