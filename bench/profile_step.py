@@ -46,6 +46,7 @@ def main() -> None:
         with record_function("tuner.step"):
             # the same work as loop.accumulate_gradients, timed in two phases
             step_trained = sum(loop.trained_token_count(b["labels"]) for b in batches)
+            loss_sum = 0.0
             for batch in batches:
                 t = time.perf_counter()
                 with accelerator.autocast():
@@ -54,8 +55,9 @@ def main() -> None:
                 t = time.perf_counter()
                 accelerator.backward(summed / step_trained)
                 state["phase"]["backward"] += time.perf_counter() - t
+                loss_sum += float(summed.detach())
         state["wall"] += time.perf_counter() - t0
-        return summed.detach().double(), step_trained
+        return loss_sum, step_trained
 
     class Done(Exception):
         pass

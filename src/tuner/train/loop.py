@@ -368,6 +368,9 @@ def train(cfg: TunerConfig) -> TrainResult:
             log.info("resuming from %s at step %d of %d", resume_from, state.step, plan.total_steps)
     loss_model = CausalLMLoss(model)  # the model and tuner's loss, wrapped by accelerate as one
     if t.torch_compile:
+        if main and accelerator.device.type == "cpu":
+            log.warning("torch_compile on CPU: compiling can take many minutes before the first step "
+                        "(over 7 minutes for SmolLM2 + LoRA on 2 cores)")
         loss_model = torch.compile(loss_model, dynamic=True)
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
     save_every, eval_every = every(t.save_steps, plan.total_steps), every(t.eval_steps, plan.total_steps)
