@@ -287,24 +287,13 @@ def locate_base(model: Any) -> tuple[Any, StoredWeights | None]:
     training). A hub id is fetched without its weights: config and tokenizer files only; the
     safetensors headers come from the local hub cache, or by range requests when online.
     """
-    from tuner.models.load import BaseModelSource, resolve_base
+    from tuner.models.load import BaseModelSource, hub_snapshot, resolve_base
 
     if _is_local_or_gguf(model.base_model):
         base = resolve_base(model)
         return base, read_stored_weights(base.path)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
-
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    patterns = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
-    try:
-        path = Path(snapshot_download(model.base_model, allow_patterns=patterns, local_files_only=offline))
-    except HFValidationError:
-        raise UserError(f"base_model: {model.base_model!r} is neither an existing path nor a valid hub id") from None
-    except Exception as err:  # noqa: BLE001 - hub errors have many types; all mean "not available"
-        hint = "HF_HUB_OFFLINE is set and the model is not in the local hub cache" if offline else (
-            f"could not reach the hub ({type(err).__name__})")
-        raise UserError(f"base_model: {model.base_model!r}: {hint}") from None
+    path = hub_snapshot(model.base_model, model, weights=False)
     base = BaseModelSource(path, model.base_model, "hub")
     stored = read_stored_weights(path)
     if not stored.files and not offline:

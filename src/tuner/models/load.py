@@ -132,14 +132,16 @@ def _locate_base(model: ModelBlock) -> BaseModelSource:
         return BaseModelSource(path.resolve(), requested, "folder")
     if _looks_like_path(requested):
         raise UserError(f"base_model: {requested!r} does not exist (looked for {path.resolve()})")
-    return BaseModelSource(_hub_snapshot(requested, model), requested, "hub")
+    return BaseModelSource(hub_snapshot(requested, model), requested, "hub")
 
 
-def _hub_snapshot(repo_id: str, model: ModelBlock) -> Path:
+def hub_snapshot(repo_id: str, model: ModelBlock, weights: bool = True) -> Path:
+    """The local snapshot of a hub model (config, tokenizer files, and the safetensors unless
+    `weights` is false), from the hub cache when offline."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 
-    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "*.tiktoken"]
+    patterns = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"] + (["*.safetensors"] if weights else [])
     if model.trust_remote_code:
         patterns.append("*.py")
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")

@@ -220,26 +220,29 @@ def encode_many(
         if train_on_inputs:
             results[at] = (ids, list(ids))
             continue
-        labels = _content_labels(ids, offsets, [s for m, s in zip(msgs, spans) if s is not None and is_trained(m, ds)])
-        for t in _end_tokens(msgs, spans, ids, offsets, special, ds):
+        starts, ends = [o[0] for o in offsets], [o[1] for o in offsets]
+        ordered = _non_decreasing(starts) and _non_decreasing(ends)
+        trained = [s for m, s in zip(msgs, spans) if s is not None and is_trained(m, ds)]
+        labels = _content_labels(ids, starts, ends, ordered, trained)
+        for t in _end_tokens(msgs, spans, ids, starts, ordered, special, ds):
             labels[t] = ids[t]
         results[at] = (ids, labels)
     return results
 
 
-def _content_labels(ids: list[int], offsets: list[tuple[int, int]], trained: list[tuple[int, int]]) -> list[int]:
-    """Each token's id where any of its characters lies in a trained span, else IGNORE."""
-    starts = [o[0] for o in offsets]
-    ends = [o[1] for o in offsets]
+def _content_labels(ids: list[int], starts: list[int], ends: list[int], ordered: bool,
+                    trained: list[tuple[int, int]]) -> list[int]:
+    """Each token's id where any of its characters lies in a trained span, else IGNORE.
+    `ordered`: token start and end offsets are non-decreasing (as fast tokenizers give them)."""
     labels = [IGNORE] * len(ids)
-    if _non_decreasing(starts) and _non_decreasing(ends):
+    if ordered:
         # The tokens overlapping [s, e) are then one run: from the first ending after s
         # to the last starting before e.
         for s, e in trained:
             for t in range(bisect_right(ends, s), bisect_left(starts, e)):
                 labels[t] = ids[t]
         return labels
-    for t, (start, end) in enumerate(offsets):  # offsets out of order (rare): check every token
+    for t, (start, end) in enumerate(zip(starts, ends)):  # offsets out of order (rare): check every token
         if any(start < e and end > s for s, e in trained):
             labels[t] = ids[t]
     return labels
@@ -249,13 +252,11 @@ def _non_decreasing(values: list[int]) -> bool:
     return values == sorted(values)
 
 
-def _end_tokens(msgs, spans, ids, offsets, special: set[int], ds: DatasetConfig) -> list[int]:
+def _end_tokens(msgs, spans, ids, starts: list[int], ordered: bool, special: set[int], ds: DatasetConfig) -> list[int]:
     """Token positions of the end-of-turn tokens that `train_on_eos` trains."""
     if ds.train_on_eos == "none":
         return []
     located = [i for i, s in enumerate(spans) if s is not None]
-    starts = [o[0] for o in offsets]
-    ordered = _non_decreasing(starts)
     ends: dict[int, int] = {}
     for k, i in enumerate(located):
         after = spans[i][1]
