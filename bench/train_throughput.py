@@ -11,6 +11,7 @@ Contenders, each in its own subprocess, alternated (rotated order) over the repe
   tuner_flat        (optional) tuner LoRA with batch_flattening: true (tuner's 8 rows per step, end to end)
   tuner_gc          (optional) tuner LoRA with gradient_checkpointing: true
   tuner_compile     (optional) tuner LoRA with torch_compile: true (compiling counts in the warm-up steps)
+  tuner_packed_compile (optional) tuner_packed with torch_compile: true
   trl_unpacked      SFTTrainer, prompt/completion rows, completion_only_loss, padded batches of 8
   trl_packed        SFTTrainer, packing=True (BFD => padding_free), ~8 source rows per step
   trl_padding_free  (optional) SFTTrainer, padding_free=True without packing, tuner's 8 rows per step
@@ -33,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 ALL = ("tuner", "tuner_packed", "tuner_flat", "tuner_full", "tuner_qlora", "tuner_gc", "tuner_compile",
-       "trl_unpacked", "trl_packed", "trl_padding_free")
+       "tuner_packed_compile", "trl_unpacked", "trl_packed", "trl_padding_free")
 # tuner contenders other than LoRA: the method block that replaces the LoRA lines
 METHOD = {
     "tuner_full": "# full fine-tune: every weight trains (fp32 master weights under bf16 autocast)\n",
@@ -44,6 +45,7 @@ LORA = "adapter: lora\nlora_r: 16\nlora_alpha: 32\nlora_dropout: 0.0\nlora_targe
 METHOD["tuner_flat"] = LORA + "batch_flattening: true\n"
 METHOD["tuner_gc"] = LORA + "gradient_checkpointing: true\n"
 METHOD["tuner_compile"] = LORA + "torch_compile: true\n"
+PACKED = {"tuner_packed": LORA, "tuner_packed_compile": METHOD["tuner_compile"]}  # packed contenders, their method
 TRL_MODE = {"trl_unpacked": "unpacked", "trl_packed": "packed", "trl_padding_free": "padding_free"}
 
 
@@ -180,7 +182,7 @@ def main() -> None:
         f"{realised['trained_tokens_per_row']['mean']:.0f}")
     print(f"params: {params}")
     dumps = {"tuner": d}
-    if "tuner_packed" in contenders:
+    if any(c in PACKED for c in contenders):
         if not d.get("bins_if_packed"):
             raise SystemExit("tuner_packed: this tuner has no sample packing (tuner.data.pack.pack_rows)")
         rows_per_bin = len(d["rows"]) / d["bins_if_packed"]
@@ -216,7 +218,7 @@ def main() -> None:
             if c.startswith("tuner"):
                 cfg_rep = work / f"{tag}.yml"
                 write_config(cfg_rep, data, work, work / f"{tag}-out", a,
-                             tuner_packed_batch if c == "tuner_packed" else None, METHOD.get(c, LORA))
+                             tuner_packed_batch if c in PACKED else None, PACKED.get(c) or METHOD.get(c, LORA))
                 cmd = [tuner_py, str(C.BENCH / "_run_tuner.py"), str(cfg_rep), "--python", tuner_py, "--out", str(out)]
             else:
                 cmd = [bench_py, str(C.BENCH / "_run_trl.py"), "--mode", TRL_MODE[c], "--dump", str(dump),
@@ -234,10 +236,11 @@ def main() -> None:
                 raise SystemExit(f"{c} failed (log {log}):\n{C.tail(log)}")
             res = C.read_json(out)
             # tuner_full and tuner_qlora run tuner's unpacked plan: the same rows per step as `tuner`
-            per_step = dumps[c]["steps"] if c in dumps else d["steps"] if c in METHOD else res["steps"]
+            per_step = (dumps["tuner_packed"]["steps"] if c in PACKED else d["steps"] if c in METHOD
+                        else res["steps"])
             if c == "tuner_flat":  # the same rows per step, end to end: no pad slots
                 per_step = [{**s_, "slots": s_["real"]} for s_ in per_step]
-            if c in dumps or c in METHOD:
+            if c in PACKED or c in METHOD:
                 mismatch = [i + 1 for i, (s, t) in enumerate(zip(res["steps"], per_step)) if s["trained"] != t["trained"]]
                 if mismatch:
                     print(f"warning: tuner's logged trained tokens differ from the replayed plan at steps {mismatch[:5]}")
@@ -303,6 +306,17 @@ def main() -> None:
                               C.fmt(r["step_trained_tokens_per_s_p75"]), C.fmt(r["seconds_per_step"]),
                               C.fmt(r["padding_fraction"]), C.fmt(r["peak_above_baseline_mb"]), C.fmt(r["mfu"])])
         C.print_table(["pair", "trained tok/s", "p75 step tok/s", "s/step", "padding", "peak MB", "MFU"], rows_)
+    pairs = [(o, e) for o, e in (("tuner_compile", "tuner"), ("tuner_packed_compile", "tuner_packed"))
+             if o in contenders and e in contenders]
+    if pairs:
+        print()
+        print("torch_compile / eager (same rows per step)")
+        C.print_table(["pair", "trained tok/s", "s/step", "peak MB"], [
+            [f"{o} / {e}", C.fmt(med[o]["trained_tokens_per_s"] / med[e]["trained_tokens_per_s"]),
+             C.fmt(med[o]["seconds_per_step"] / med[e]["seconds_per_step"]),
+             C.fmt(med[o]["peak_above_baseline_mb"] / med[e]["peak_above_baseline_mb"])] for o, e in pairs])
+        for o, e in pairs:
+            ratios[f"{o}/{e}"] = {k: (med[o][k] / med[e][k] if med[e][k] else float("nan")) for k in keys}
     print()
     for c, chk in checks.items():
         print(f"label check ({c}): {json.dumps(chk)}")

@@ -284,7 +284,11 @@ class TrainingBlock(Block):
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in backward to save memory."
     )
-    torch_compile: bool = Field(default=False, description="Compile the model and loss with torch.compile.")
+    torch_compile: bool = Field(
+        default=False,
+        description="Compile each decoder layer with torch.compile (one graph shared by all layers); "
+        "the first steps compile.",
+    )
     fsdp: list[Literal["full_shard", "shard_grad_op", "hybrid_shard", "offload", "auto_wrap"]] | None = Field(
         default=None, description="Train with FSDP (CUDA GPUs), e.g. [full_shard, auto_wrap]; details in fsdp_config."
     )

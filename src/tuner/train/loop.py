@@ -62,6 +62,28 @@ log = logging.getLogger("tuner")
 # --------------------------------------------------------------------------- setup helpers
 
 
+def compile_decoder_layers(model: torch.nn.Module) -> int:
+    """torch_compile: compile each decoder layer in place ("regional" compilation).
+
+    All layers run the same code, so torch.compile traces and compiles one graph and reuses
+    it for every layer (parameters are graph inputs, not constants); compiling the whole model
+    instead traces every layer separately and took over 7 minutes on a 2-core CPU. In-place
+    `Module.compile` keeps module names, so checkpoints and adapters save unchanged. The
+    embedding, the mask construction and tuner's gathered head stay eager.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer_classes = set(getattr(base, "_no_split_modules", None) or ())
+    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    if not layers:
+        raise UserError(
+            f"torch_compile: cannot find the decoder layers of {type(base).__name__} "
+            "(its _no_split_modules is empty); set `torch_compile: false`."
+        )
+    for layer in layers:
+        layer.compile()
+    return len(layers)
+
+
 def cpu_has_fast_bf16() -> bool:
     """AMX or AVX512-BF16: where bf16 matrix multiplies are faster than fp32 on this CPU."""
     try:
@@ -368,10 +390,10 @@ def train(cfg: TunerConfig) -> TrainResult:
             log.info("resuming from %s at step %d of %d", resume_from, state.step, plan.total_steps)
     loss_model = CausalLMLoss(model)  # the model and tuner's loss, wrapped by accelerate as one
     if t.torch_compile:
-        if main and accelerator.device.type == "cpu":
-            log.warning("torch_compile on CPU: compiling can take many minutes before the first step "
-                        "(over 7 minutes for SmolLM2 + LoRA on 2 cores)")
-        loss_model = torch.compile(loss_model, dynamic=True)
+        compiled = compile_decoder_layers(model)
+        if main:
+            log.info("torch_compile: %d decoder layers compiled in place (one graph, compiled on the first step)",
+                     compiled)
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
     save_every, eval_every = every(t.save_steps, plan.total_steps), every(t.eval_steps, plan.total_steps)
     if main:
