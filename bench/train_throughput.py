@@ -236,11 +236,11 @@ def main() -> None:
                 raise SystemExit(f"{c} failed (log {log}):\n{C.tail(log)}")
             res = C.read_json(out)
             # tuner_full and tuner_qlora run tuner's unpacked plan: the same rows per step as `tuner`
-            per_step = (dumps["tuner_packed"]["steps"] if c in PACKED else d["steps"] if c in METHOD
+            per_step = (dumps["tuner_packed"]["steps"] if c in PACKED else d["steps"] if c == "tuner" or c in METHOD
                         else res["steps"])
             if c == "tuner_flat":  # the same rows per step, end to end: no pad slots
                 per_step = [{**s_, "slots": s_["real"]} for s_ in per_step]
-            if c in PACKED or c in METHOD:
+            if c.startswith("tuner"):
                 mismatch = [i + 1 for i, (s, t) in enumerate(zip(res["steps"], per_step)) if s["trained"] != t["trained"]]
                 if mismatch:
                     print(f"warning: tuner's logged trained tokens differ from the replayed plan at steps {mismatch[:5]}")
