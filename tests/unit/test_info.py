@@ -147,7 +147,7 @@ def saved_by_autograd(cfg, facts, precision, B, S):
     (the model as the training loop builds it), counted once per storage; parameters excluded,
     autocast's weight copies included."""
     from tuner.models.adapter import apply_adapter
-    from tuner.models.info import _decoder_layers
+    from tuner.models.load import decoder_layers
     from tuner.models.load import bnb_config, load_model
     from tuner.train.loss import CausalLMLoss
 
@@ -157,7 +157,7 @@ def saved_by_autograd(cfg, facts, precision, B, S):
     model.config.use_cache = False
     model = apply_adapter(model, cfg.adapter, False)
     loss = CausalLMLoss(model).train()
-    layers = _decoder_layers(model)
+    layers = decoder_layers(model)
     current: list[int | None] = [None]
     for index, layer in enumerate(layers):
         layer.register_forward_pre_hook(lambda m, a, i=index: current.__setitem__(0, i))

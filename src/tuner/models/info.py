@@ -116,6 +116,7 @@ from typing import Any
 
 from tuner.config.schema import TunerConfig
 from tuner.errors import UserError
+from tuner.models.load import decoder_layers
 
 GiB = 1 << 30
 MiB = 1 << 20
@@ -444,18 +445,6 @@ def _meta_model(cfg: TunerConfig, facts: ModelFacts) -> Any:
     return model
 
 
-def _decoder_layers(model: Any) -> list[Any]:
-    import torch
-
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
-    layers = getattr(decoder, "layers", None)
-    if isinstance(layers, torch.nn.ModuleList):
-        return list(layers)
-    lists = [m for m in base.modules() if isinstance(m, torch.nn.ModuleList)]
-    return list(max(lists, key=len)) if lists else []
-
-
 def _layer_info(layer: Any) -> LayerInfo:
     import torch
 
@@ -513,7 +502,7 @@ def count_parameters(cfg: TunerConfig, facts: ModelFacts) -> ParamFacts:
     base_total = sum(p.numel() for p in model.parameters())
     head = model.get_output_embeddings()
     head_params = head.weight.numel() if head is not None else 0
-    layers = _decoder_layers(model)
+    layers = decoder_layers(model)
     linear_weights = linear_rows = 0
     largest_linear = 0
     for layer in layers:
@@ -535,7 +524,7 @@ def count_parameters(cfg: TunerConfig, facts: ModelFacts) -> ParamFacts:
     largest = max((p.numel() for _, p in named if p.requires_grad), default=0)
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layers = _decoder_layers(model)
+    layers = decoder_layers(model)
     infos = [_layer_info(layer) for layer in layers]
     embeddings = base.get_input_embeddings()
     embed_trains = any(p.requires_grad for p in embeddings.parameters())

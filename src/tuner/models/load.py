@@ -411,3 +411,17 @@ def load_model(
             if loaded.generation_config is not None:
                 setattr(loaded.generation_config, name, value)
     return loaded
+
+
+def decoder_layers(model: Any) -> list[Any]:
+    """The decoder's layers (under a peft wrapper, if any): `get_decoder().layers`, else the
+    longest ModuleList in the model; [] if it has none."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    decoder = base.get_decoder() if hasattr(base, "get_decoder") else None
+    layers = getattr(decoder, "layers", None)
+    if isinstance(layers, torch.nn.ModuleList):
+        return list(layers)
+    lists = [m for m in base.modules() if isinstance(m, torch.nn.ModuleList)]
+    return list(max(lists, key=len)) if lists else []

@@ -34,6 +34,7 @@ from tuner.errors import UserError
 from tuner.models.adapter import apply_adapter, check_added_tokens
 from tuner.models.load import (
     bnb_config,
+    decoder_layers,
     load_model,
     load_tokenizer_and_new_ids,
     resolve_base,
@@ -65,20 +66,16 @@ log = logging.getLogger("tuner")
 def compile_decoder_layers(model: torch.nn.Module) -> int:
     """torch_compile: compile each decoder layer in place ("regional" compilation).
 
-    All layers run the same code, so torch.compile traces and compiles one graph and reuses
-    it for every layer (parameters are graph inputs, not constants); compiling the whole model
-    instead traces every layer separately and took over 7 minutes on a 2-core CPU. In-place
+    All layers run the same code, so torch.compile traces a layer once and every layer reuses
+    the graph (parameters are graph inputs, not constants); compiling the whole model instead
+    unrolls all layers into one graph and took over 7 minutes on a 2-core CPU. In-place
     `Module.compile` keeps module names, so checkpoints and adapters save unchanged. The
     embedding, the mask construction and tuner's gathered head stay eager.
     """
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    layer_classes = set(getattr(base, "_no_split_modules", None) or ())
-    layers = [m for m in model.modules() if type(m).__name__ in layer_classes]
+    layers = decoder_layers(model)
     if not layers:
-        raise UserError(
-            f"torch_compile: cannot find the decoder layers of {type(base).__name__} "
-            "(its _no_split_modules is empty); set `torch_compile: false`."
-        )
+        raise UserError(f"torch_compile: cannot find the decoder layers of {type(model).__name__}; "
+                        "set `torch_compile: false`.")
     for layer in layers:
         layer.compile()
     return len(layers)
@@ -392,7 +389,7 @@ def train(cfg: TunerConfig) -> TrainResult:
     if t.torch_compile:
         compiled = compile_decoder_layers(model)
         if main:
-            log.info("torch_compile: %d decoder layers compiled in place (one graph, compiled on the first step)",
+            log.info("torch_compile: %d decoder layers compiled in place (they share their graphs; compiled in the first steps)",
                      compiled)
     loss_model, optimizer = accelerator.prepare(loss_model, optimizer)
     save_every, eval_every = every(t.save_steps, plan.total_steps), every(t.eval_steps, plan.total_steps)
