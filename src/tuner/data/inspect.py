@@ -13,8 +13,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
+from tuner.data.labels import trained_count, trained_positions
 from tuner.data.pipeline import PreparedData, describe
-from tuner.data.tokenize import IGNORE
 
 GREEN, DIM, RESET = "\033[1;32m", "\033[2m", "\033[0m"
 
@@ -25,11 +25,6 @@ def use_colour(stream: Any = sys.stdout) -> bool:
 
 def _show(text: str) -> str:
     return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t").replace("\r", "\\r")
-
-
-def trained_positions(labels: list[int]) -> list[bool]:
-    """Whether each position's token is trained (has a label and is not the row's first)."""
-    return [i > 0 and label != IGNORE for i, label in enumerate(labels)]
 
 
 def render_row(tokenizer: Any, input_ids: list[int], labels: list[int], colour: bool) -> str:
@@ -83,7 +78,7 @@ def compute_stats(rows: Any, sequence_len: int, micro_batch_size: int, seed: int
     from tuner.data.pack import shuffled_order
 
     lengths = [len(ids) for ids in rows["input_ids"]]
-    trained = sum(sum(trained_positions(labels)) for labels in rows["labels"])
+    trained = sum(trained_count(labels) for labels in rows["labels"])
     tokens = sum(lengths)
     n = len(lengths)
     order = shuffled_order(n, seed)  # the training loop's first epoch
@@ -121,7 +116,7 @@ def report(prepared: PreparedData, tokenizer: Any, sequence_len: int, micro_batc
     out = [f"prepared dataset: {prepared.path} ({'reused' if prepared.reused else 'new'})"]
     for i in range(min(n_rows, rows.num_rows)):
         row = rows[i]
-        n_trained = sum(trained_positions(row["labels"]))
+        n_trained = trained_count(row["labels"])
         out.append(f"\n--- row {i + 1} of {rows.num_rows}: {len(row['input_ids'])} tokens, {n_trained} trained "
                    f"({'green' if colour else '[bracketed]'})")
         out.append(render_row(tokenizer, row["input_ids"], row["labels"], colour))

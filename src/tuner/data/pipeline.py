@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.config.schema import DatasetConfig, TunerConfig
 from tuner.data import cache, templates
-from tuner.data.formats import FieldError, get_format
+from tuner.data.formats import EncodeContext, FieldError, get_format
+from tuner.data.labels import trained_count
 from tuner.data.load import ROW, RawSource, load_hub, load_source, local_sources
-from tuner.data.tokenize import KEPT, NOTHING_TO_TRAIN, TOO_LONG, TokenizeSettings, finish_row, tokenize_rows
+from tuner.data.tokenize import KEPT, NOTHING_TO_TRAIN, TOO_LONG, TokenizeSettings, finish_row
 from tuner.errors import UserError
 
 if TYPE_CHECKING:
@@ -78,36 +79,20 @@ class Encoder:
     """What turning rows into tokens needs: the tokenizer, the chat template, the policies."""
 
     tokenizer: Any
-    template: str | None
+    template: str | None  # the top-level chat template (a dataset may name its own)
     settings: TokenizeSettings
     skip_invalid: bool
+    eot_tokens: tuple[str, ...] | None = None
+
+    def context(self, ds: DatasetConfig) -> EncodeContext:
+        template = templates.for_dataset(ds, self.template, self.tokenizer) if get_format(ds).chat else None
+        return EncodeContext(self.tokenizer, self.settings.train_on_inputs, template, self.eot_tokens)
 
 
 def _encode_rows(rows: list[dict[str, Any]], ds: DatasetConfig, enc: Encoder) -> list[dict[str, Any] | FieldError]:
     """Tokenized rows (see tokenize.finish_row), or the FieldError of each bad row."""
-    kind, fmt = ds.kind, get_format(ds.kind)
-    if kind == "chat_template":
-        encoded = fmt.encode_many(rows, ds, enc.tokenizer, enc.template, enc.settings.train_on_inputs)
-        return [r if isinstance(r, FieldError) else finish_row(*r, enc.settings) for r in encoded]
-    if kind == "pretokenized":
-        out: list[dict[str, Any] | FieldError] = []
-        for row in rows:
-            try:
-                out.append(finish_row(*fmt.encode(row, len(enc.tokenizer)), enc.settings))
-            except FieldError as err:
-                out.append(err)
-        return out
-    segments: list[Any] = []
-    for row in rows:
-        try:
-            segments.append(fmt.segments(row, ds))
-        except FieldError as err:
-            segments.append(err)
-    encoded = iter(tokenize_rows(
-        [s for s in segments if not isinstance(s, FieldError)], enc.tokenizer, enc.settings,
-        special_tokens_first=getattr(fmt, "SPECIAL_TOKENS_FIRST", True), append_eos=getattr(fmt, "APPEND_EOS", True),
-    ))
-    return [s if isinstance(s, FieldError) else next(encoded) for s in segments]
+    encoded = get_format(ds).encode_many(rows, ds, enc.context(ds))
+    return [r if isinstance(r, FieldError) else finish_row(*r, enc.settings) for r in encoded]
 
 
 def _tokenize_batch(batch: dict[str, list[Any]], *, ds: DatasetConfig, src: RawSource, enc: Encoder) -> dict[str, list[Any]]:
@@ -118,7 +103,7 @@ def _tokenize_batch(batch: dict[str, list[Any]], *, ds: DatasetConfig, src: RawS
         problem = ""
         if isinstance(result, FieldError):
             if not enc.skip_invalid:
-                fields = ", ".join(get_format(ds.kind).field_names(ds))
+                fields = ", ".join(get_format(ds).field_names(ds))
                 raise UserError(
                     f"{src.where(index)}: {result}. Type {ds.kind} reads {fields} (this file has: {', '.join(names)})"
                 )
@@ -205,7 +190,7 @@ def _build(entries: list[tuple[DatasetConfig, RawSource, Dataset]], enc: Encoder
             )
         )
     lengths = np.fromiter((len(x) for x in rows["input_ids"]), dtype=np.int64, count=rows.num_rows)
-    trained = int(sum(int((np.asarray(lab)[1:] != -100).sum()) for lab in rows.with_format("numpy")["labels"]))
+    trained = sum(trained_count(np.asarray(lab)) for lab in rows.with_format("numpy")["labels"])
     return rows, {"sources": sources, "rows": rows.num_rows, "tokens": int(lengths.sum()), "trained_tokens": trained}
 
 
@@ -267,7 +252,7 @@ def prepare(cfg: TunerConfig, tokenizer: Any, tokenizer_files: list[Path]) -> Pr
     d = cfg.data
     template = templates.resolve(d, tokenizer)
     enc = Encoder(tokenizer, template, TokenizeSettings(d.sequence_len, d.excess_length_strategy, d.train_on_inputs),
-                  d.skip_invalid_rows)
+                  d.skip_invalid_rows, tuple(d.eot_tokens) if d.eot_tokens else None)
     rows, stats, fp, reused = _prepared(cfg, "datasets", d.datasets, enc, tokenizer_files)
     root = Path(d.dataset_prepared_path)
     if d.test_datasets:

@@ -1,6 +1,6 @@
 """Segments -> `input_ids`, `attention_mask`, `labels` (-100 where nothing is trained).
 
-Rules, the same for every dataset type:
+Rules, the same for every segment format:
   * the first segment is tokenized with the tokenizer's special tokens (a BOS where the
     tokenizer adds one), later segments without, and the pieces are concatenated: the
     boundary between prompt and completion is a token boundary, as in Axolotl;
@@ -18,11 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tuner.data.formats import Segment
-
-IGNORE = -100
+from tuner.data.labels import IGNORE, Segment, trained_count
 
 KEPT, TOO_LONG, NOTHING_TO_TRAIN = 0, 1, 2
+
+__all__ = ["IGNORE", "KEPT", "NOTHING_TO_TRAIN", "TOO_LONG", "Segment", "TokenizeSettings", "encode_prefixed",
+           "encode_segments", "finish_row", "tokenize_rows"]
 
 
 @dataclass(frozen=True)
@@ -32,19 +33,18 @@ class TokenizeSettings:
     train_on_inputs: bool
 
 
-def tokenize_rows(
+def encode_segments(
     rows: list[list[Segment]],
     tokenizer: Any,
-    settings: TokenizeSettings,
+    train_on_inputs: bool,
     special_tokens_first: bool = True,
     append_eos: bool = True,
-) -> list[dict[str, Any]]:
-    """Tokenize many rows at once (batched calls into the fast tokenizer).
+    eos_count: int = 1,
+) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of each row of segments, in batched calls into the fast tokenizer.
 
-    Returns one dict per row with input_ids, attention_mask, labels and `status`
-    (KEPT, TOO_LONG or NOTHING_TO_TRAIN). Under `raise` the caller raises for TOO_LONG,
-    naming the row.
-    """
+    `eos_count`: how many EOS tokens end a row (Axolotl's metharme appends three; one of
+    them may already be the text's own)."""
     firsts = [segs[0].text for segs in rows]
     rest = [seg.text for segs in rows for seg in segs[1:]]
     first_ids = tokenizer(firsts, add_special_tokens=special_tokens_first)["input_ids"] if firsts else []
@@ -60,13 +60,47 @@ def tokenize_rows(
         cursor += len(segs) - 1
         for seg, piece in zip(segs, pieces):
             ids.extend(piece)
-            trained = seg.train or settings.train_on_inputs
+            trained = seg.train or train_on_inputs
             labels.extend(piece if trained else [IGNORE] * len(piece))
-        if append_eos and (not ids or ids[-1] != eos):
-            ids.append(eos)
-            labels.append(eos if (segs[-1].train or settings.train_on_inputs) else IGNORE)
-        out.append(finish_row(ids, labels, settings))
+        if append_eos:
+            missing = eos_count - (1 if ids and ids[-1] == eos else 0)
+            ids.extend([eos] * missing)
+            labels.extend([eos if (segs[-1].train or train_on_inputs) else IGNORE] * missing)
+        out.append((ids, labels))
     return out
+
+
+def encode_prefixed(rows: list[tuple[str, str]], tokenizer: Any, train_on_inputs: bool) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of (prompt, answer) rows tokenized as one text each, EOS appended
+    (unless the text ends with it): the first tokens, as many as the prompt has when tokenized
+    alone, are not trained. Axolotl's reflection type tokenizes this way."""
+    if not rows:
+        return []
+    whole = tokenizer([p + a for p, a in rows])["input_ids"]
+    prompts = tokenizer([p for p, _ in rows])["input_ids"]
+    eos = tokenizer.eos_token_id
+    out = []
+    for ids, prompt in zip(whole, prompts):
+        ids = list(ids) if ids and ids[-1] == eos else [*ids, eos]
+        out.append((ids, list(ids) if train_on_inputs else [IGNORE] * len(prompt) + ids[len(prompt):]))
+    return out
+
+
+def tokenize_rows(
+    rows: list[list[Segment]],
+    tokenizer: Any,
+    settings: TokenizeSettings,
+    special_tokens_first: bool = True,
+    append_eos: bool = True,
+) -> list[dict[str, Any]]:
+    """Tokenize many rows at once and apply the length policy (see `finish_row`).
+
+    Returns one dict per row with input_ids, attention_mask, labels and `status`
+    (KEPT, TOO_LONG or NOTHING_TO_TRAIN). Under `raise` the caller raises for TOO_LONG,
+    naming the row.
+    """
+    encoded = encode_segments(rows, tokenizer, settings.train_on_inputs, special_tokens_first, append_eos)
+    return [finish_row(ids, labels, settings) for ids, labels in encoded]
 
 
 def finish_row(ids: list[int], labels: list[int], settings: TokenizeSettings) -> dict[str, Any]:
@@ -78,7 +112,6 @@ def finish_row(ids: list[int], labels: list[int], settings: TokenizeSettings) ->
             truncated = True
         else:
             status = TOO_LONG
-    # Position 0 is never predicted (nothing comes before it), so it does not count.
-    if status == KEPT and all(label == IGNORE for label in labels[1:]):
+    if status == KEPT and trained_count(labels) == 0:
         status = NOTHING_TO_TRAIN
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "status": status, "truncated": truncated}

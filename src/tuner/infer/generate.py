@@ -61,25 +61,13 @@ def load_trained(model_dir: Path, dtype: Any = None) -> tuple[Any, Any]:
     return model.eval(), tokenizer
 
 
-def uses_chat(cfg: TunerConfig) -> bool:
-    return any(ds.kind == "chat_template" for ds in cfg.data.datasets)
-
-
 def training_prompt(cfg: TunerConfig, text: str, input_text: str = "") -> str:
     """`text` as the instruction (and `input_text` as the input), in the prompt format of the
-    first dataset's type."""
-    from tuner.data.formats import alpaca, user_defined
+    first dataset's type (the text as written for types without a prompt template)."""
+    from tuner.data.formats import get_format
 
     ds = cfg.data.datasets[0]
-    if ds.kind == "alpaca":
-        return alpaca.prompt({"instruction": text, "input": input_text})
-    if ds.kind == "user_defined":
-        fmt = ds.type
-        return user_defined.prompt({fmt.field_instruction: text, fmt.field_input: input_text}, ds)
-    if input_text:
-        raise UserError(f"--input: the dataset type of datasets[0] ({ds.kind}) has no input field; "
-                        "put everything in the prompt")
-    return text  # completion, input_output, pre-tokenized: the text as written
+    return get_format(ds).prompt(text, input_text, ds)
 
 
 def chat_prompt(tokenizer: Any, messages: list[dict[str, str]]) -> str:
@@ -102,7 +90,9 @@ def complete(model: Any, tokenizer: Any, prompt: str, sampling: Sampling, specia
 def generate(cfg: TunerConfig, prompt: str, sampling: Sampling, model_dir: Path | None, chat_template: bool,
              input_text: str = "") -> str:
     """Complete `prompt` (the instruction; `input_text` fills an instruction format's input field)."""
-    chat = chat_template or uses_chat(cfg)
+    from tuner.data.templates import uses_chat
+
+    chat = chat_template or uses_chat(cfg.data)
     if input_text and chat:
         raise UserError("--input is for instruction formats (alpaca, user-defined); with a chat template "
                         "put everything in the prompt")

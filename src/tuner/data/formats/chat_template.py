@@ -9,29 +9,39 @@ How the trained tokens are found
      ambiguous. Every content must then be found exactly as many times as messages carry
      it, and the spans must come in message order; otherwise the template moved, dropped,
      duplicated or rewrote a message (Mistral folds the system prompt into a user turn,
-     Qwen3 drops earlier reasoning, SmolLM2 injects a default system prompt whose text a
-     message may repeat) and the row is an error naming the message.
+     SmolLM2 injects a default system prompt whose text a message may repeat) and the row
+     is an error naming the message. A message's reasoning (`field_thinking`, given to the
+     template as `template_thinking_key`) is located the same way, but a template may leave
+     it out (Qwen3 drops the reasoning of earlier turns): then there is nothing to train.
   3. The rendering is tokenized with offsets. A token is trained when any of its
-     characters lies in the content of a trained message (a token straddling template text
-     and trained content is trained).
-  4. End-of-turn tokens: the first special token after a message's content, before the
-     next message (`<|im_end|>`, `<|eot_id|>`, `</s>`, `<end_of_turn>`, ...). Which of them
-     train follows `train_on_eos`: `turn` (those ending trained messages), `all`, `last`
-     (only the last trained message's), `none`.
+     characters lies in a trained message: from its reasoning (when rendered) to the end of
+     its content, so the template's text between the two trains too (a token straddling
+     template text and trained content is trained).
+  4. End-of-turn tokens: the first end-of-turn token after a message's content, before the
+     next message. Which tokens end a turn: `eot_tokens` when set, else any special token
+     of the tokenizer (`<|im_end|>`, `<|eot_id|>`, `</s>`, `<end_of_turn>`, ...). Which of
+     them train follows `train_on_eot` (default: `train_on_eos`): `turn` (those ending
+     trained messages), `all`, `last` (only the last trained message's), `none`. The EOS
+     token follows `train_on_eos` where it is not itself an end-of-turn token.
   Templates with `{% generation %}` markers use the markers instead (when only the
-  assistant role trains and no message overrides it): transformers' assistant mask decides.
+  assistant role trains, no message overrides it, and no reasoning or `eot_tokens` is
+  involved): transformers' assistant mask decides.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
 
 from tuner.config.schema import DatasetConfig
-from tuner.data.formats import FieldError
-from tuner.data.tokenize import IGNORE
+from tuner.data.formats.base import DatasetFormat, EncodeContext, EncodeResult, FieldError, register
+from tuner.data.labels import IGNORE
+from tuner.errors import UserError
+
+log = logging.getLogger("tuner")
 
 # Role names as they appear in common datasets, per role (`roles:` in the config replaces this).
 DEFAULT_ROLES = {
@@ -41,6 +51,11 @@ DEFAULT_ROLES = {
     "tool": ["tool", "function", "ipython"],
 }
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
+# Axolotl's split_thinking: reasoning written inside the content, and an optional answer wrapper.
+THINKING_TAGS = [("<think>", "</think>"), ("<reasoning>", "</reasoning>"), ("<|begin_of_thought|>", "<|end_of_thought|>")]
+ANSWER_TAGS = [("<|begin_of_solution|>", "<|end_of_solution|>")]
+
+Span = tuple[int, int]
 
 
 @dataclass(frozen=True)
@@ -48,15 +63,27 @@ class Message:
     role: str
     content: str
     training: bool | None  # per-message override of roles_to_train
-
-
-def field_names(ds: DatasetConfig) -> tuple[str, ...]:
-    return (ds.field_messages,)
+    thinking: str | None = None  # the message's reasoning, rendered by templates that show it
 
 
 def _role_table(ds: DatasetConfig) -> dict[str, str]:
     table = ds.roles or DEFAULT_ROLES
     return {alias: role for role, aliases in table.items() for alias in [role, *aliases]}
+
+
+def _split_thinking(content: str) -> tuple[str, str | None]:
+    """(answer, reasoning) of content that writes its reasoning inline (`split_thinking`)."""
+    for opening, closing in THINKING_TAGS:
+        start, end = content.find(opening), content.find(closing)
+        if start >= 0 and end >= 0:
+            thinking = content[start + len(opening):end].strip()
+            rest = content[end + len(closing):].lstrip()
+            for a_open, a_close in ANSWER_TAGS:
+                a_start, a_end = rest.find(a_open), rest.find(a_close)
+                if a_start >= 0 and a_end >= 0:
+                    return rest[a_start + len(a_open):a_end].strip(), thinking
+            return rest, thinking
+    return content, None
 
 
 def messages(row: dict[str, Any], ds: DatasetConfig) -> list[Message]:
@@ -70,6 +97,7 @@ def messages(row: dict[str, Any], ds: DatasetConfig) -> list[Message]:
     if not raw:
         raise FieldError(name, "is an empty conversation")
     keys = {"role": "role", "content": "content", **(ds.message_property_mappings or {})}
+    thinking_key = keys.get(ds.template_thinking_key, ds.field_thinking)
     roles = _role_table(ds)
     out = []
     for i, msg in enumerate(raw):
@@ -87,70 +115,112 @@ def messages(row: dict[str, Any], ds: DatasetConfig) -> list[Message]:
         training = msg.get(ds.message_field_training)
         if training is not None and not isinstance(training, bool):
             raise FieldError(f"{where}.{ds.message_field_training}", f"must be true or false, got {training!r}")
-        out.append(Message(roles[role], content, training))
+        thinking = msg.get(thinking_key)
+        if thinking is not None and not isinstance(thinking, str):
+            raise FieldError(f"{where}.{thinking_key}", "must be a string (the message's reasoning)")
+        role = roles[role]
+        if ds.split_thinking and role == "assistant" and thinking is None:
+            content, thinking = _split_thinking(content)
+        out.append(Message(role, content, training, thinking))
+    if ds.drop_system_message and out[0].role == "system":
+        out = out[1:]
+        if not out:
+            raise FieldError(name, "holds only a system message, and drop_system_message drops it")
     return out
-
-
-def check(row: dict[str, Any], ds: DatasetConfig) -> None:
-    messages(row, ds)
 
 
 def is_trained(msg: Message, ds: DatasetConfig) -> bool:
     return msg.training if msg.training is not None else msg.role in ds.roles_to_train
 
 
-def render(msgs: list[Message], tokenizer: Any, template: str, field: str) -> str:
+def _as_dicts(msgs: list[Message], ds: DatasetConfig) -> list[dict[str, str]]:
+    out = []
+    for m in msgs:
+        d = {"role": m.role, "content": m.content}
+        if m.thinking is not None:
+            d[ds.template_thinking_key] = m.thinking
+        out.append(d)
+    return out
+
+
+def render(msgs: list[Message], tokenizer: Any, template: str, field: str, ds: DatasetConfig | None = None) -> str:
+    dicts = _as_dicts(msgs, ds) if ds is not None else [{"role": m.role, "content": m.content} for m in msgs]
     try:
-        return tokenizer.apply_chat_template(
-            [{"role": m.role, "content": m.content} for m in msgs], chat_template=template, tokenize=False
-        )
+        return tokenizer.apply_chat_template(dicts, chat_template=template, tokenize=False)
     except Exception as err:  # noqa: BLE001 - jinja raises anything the template author wrote
         raise FieldError(field, f"cannot be rendered by the chat template: {err}") from None
 
 
-def locate(text: str, msgs: list[Message], field: str) -> list[tuple[int, int] | None]:
-    """Character span of each message's content in the rendered text (None for empty ones)."""
-    spans: list[tuple[int, int] | None] = [None] * len(msgs)
-    claimed: list[tuple[int, int]] = []
-    groups: dict[str, list[int]] = {}
+@dataclass
+class Located:
+    """Where each message's content (and reasoning, when rendered) lies in the rendering."""
+
+    content: list[Span | None]
+    thinking: list[Span | None]
+
+    def first(self, i: int) -> Span | None:
+        return self.thinking[i] or self.content[i]
+
+    def trained_span(self, i: int) -> Span | None:
+        """From the reasoning (when rendered) to the end of the content."""
+        head, tail = self.first(i), self.content[i] or self.thinking[i]
+        return None if head is None or tail is None else (head[0], tail[1])
+
+
+def locate(text: str, msgs: list[Message], field: str, thinking_field: str = "reasoning_content") -> Located:
+    """Character spans of each message's content and reasoning in the rendered text (None for
+    empty ones, and for reasoning the template does not show). Raises FieldError."""
+    found_at = Located([None] * len(msgs), [None] * len(msgs))
+    claimed: list[Span] = []
+    # (text, optional) -> [(message, kind)]: reasoning is optional, content is not
+    groups: dict[tuple[str, bool], list[tuple[int, str]]] = {}
     for i, m in enumerate(msgs):
+        if m.thinking is not None and m.thinking.strip():
+            groups.setdefault((m.thinking, True), []).append((i, "thinking"))
         if m.content.strip():
-            groups.setdefault(m.content, []).append(i)
+            groups.setdefault((m.content, False), []).append((i, "content"))
 
     def free(start: int, end: int) -> bool:
         return all(end <= s or start >= e for s, e in claimed)
 
-    for content in sorted(groups, key=len, reverse=True):
-        idxs = groups[content]
+    for content, optional in sorted(groups, key=lambda k: (len(k[0]), not k[1]), reverse=True):
+        members = groups[(content, optional)]
         found: list[int] = []
         for needle in dict.fromkeys([content, content.strip()]):  # verbatim, then as a trimming template writes it
             found = [at for at in _occurrences(text, needle) if free(at, at + len(needle))]
-            if len(found) == len(idxs):
+            if len(found) == len(members):
                 break
-        if len(found) != len(idxs):
-            first = idxs[0]
+        if optional and not found:
+            continue  # the template does not show this reasoning
+        if len(found) != len(members):
+            first, kind = members[0]
             what = (
                 "is not in the rendered conversation: the chat template changed, moved or dropped it"
                 if not found
-                else f"appears {len(found)} times in the rendered conversation (expected {len(idxs)}), "
+                else f"appears {len(found)} times in the rendered conversation (expected {len(members)}), "
                 "so its tokens cannot be told apart from template text"
             )
-            raise FieldError(f"{field}[{first}].content", f"({msgs[first].role}) {what}")
-        for i, start in zip(idxs, found):
-            spans[i] = (start, start + len(needle))
-            claimed.append(spans[i])
+            name = "content" if kind == "content" else thinking_field
+            raise FieldError(f"{field}[{first}].{name}", f"({msgs[first].role}) {what}")
+        for (i, kind), start in zip(members, found):
+            span = (start, start + len(needle))
+            getattr(found_at, kind)[i] = span
+            claimed.append(span)
     previous_end, previous = 0, None
-    for i, span in enumerate(spans):
-        if span is None:
-            continue
-        if span[0] < previous_end:
-            raise FieldError(
-                f"{field}[{i}].content",
-                f"({msgs[i].role}) comes before message {previous} in the rendering: the chat template moves messages, "
-                "so their tokens cannot be located",
-            )
-        previous_end, previous = span[1], i
-    return spans
+    for i in range(len(msgs)):
+        for kind in ("thinking", "content"):
+            span = getattr(found_at, kind)[i]
+            if span is None:
+                continue
+            if span[0] < previous_end:
+                name = "content" if kind == "content" else thinking_field
+                raise FieldError(
+                    f"{field}[{i}].{name}",
+                    f"({msgs[i].role}) comes before message {previous} in the rendering: the chat template moves "
+                    "messages, so their tokens cannot be located",
+                )
+            previous_end, previous = span[1], i
+    return found_at
 
 
 def _occurrences(text: str, needle: str) -> list[int]:
@@ -169,69 +239,130 @@ def _special_ids(tokenizer: Any) -> set[int]:
     return ids
 
 
-def _uses_markers(msgs: list[Message], ds: DatasetConfig, template: str, train_on_inputs: bool) -> bool:
+def eot_token_ids(tokenizer: Any, eot_tokens: tuple[str, ...], template: str | None) -> set[int]:
+    """The ids of `eot_tokens`, each of which must be one token. Raises UserError."""
+    ids = set()
+    for token in eot_tokens:
+        found = tokenizer.encode(token, add_special_tokens=False)
+        if len(found) != 1:
+            raise UserError(
+                f"eot_tokens: {token!r} is {len(found)} tokens for this tokenizer ({found[:8]}), so it cannot mark the "
+                "end of a turn; add it to the vocabulary with `tokens: [...]` or `special_tokens`, or remove it"
+            )
+        if template is not None and token not in template:
+            log.warning("eot_tokens: %r does not appear in the chat template, so no turn ends with it", token)
+        ids.add(found[0])
+    return ids
+
+
+def _uses_markers(msgs: list[Message], ds: DatasetConfig, template: str, ctx: EncodeContext) -> bool:
     return bool(
         GENERATION_MARKER.search(template)
         and ds.roles_to_train == ["assistant"]
-        and all(m.training is None for m in msgs)
-        and not train_on_inputs
+        and all(m.training is None and m.thinking is None for m in msgs)
+        and not ctx.train_on_inputs
+        and ctx.eot_tokens is None
     )
 
 
+@dataclass(frozen=True)
+class _Ends:
+    """Which tokens end a turn, and which option trains them."""
+
+    eot_ids: set[int] | None  # None: any special token
+    eot_option: str
+    eos_id: int | None
+    eos_option: str
+
+
+def _ends(ds: DatasetConfig, ctx: EncodeContext) -> _Ends:
+    eot_option = ds.train_on_eot or ds.train_on_eos
+    eos = ctx.tokenizer.eos_token_id
+    if ctx.eot_tokens is None:
+        return _Ends(None, eot_option, eos, ds.train_on_eos)
+    ids = eot_token_ids(ctx.tokenizer, ctx.eot_tokens, ctx.template)
+    if eos in ids and eot_option != ds.train_on_eos:
+        raise UserError(
+            f"datasets: train_on_eos is {ds.train_on_eos} but train_on_eot is {eot_option}, and the EOS token "
+            f"{ctx.tokenizer.eos_token!r} is one of eot_tokens, so it would have to train both ways; make them equal"
+        )
+    return _Ends(ids, eot_option, eos, ds.train_on_eos)
+
+
+def encode_many(
+    rows: list[dict[str, Any]], ds: DatasetConfig, tokenizer: Any, template: str, train_on_inputs: bool,
+    eot_tokens: tuple[str, ...] | None = None,
+) -> list[EncodeResult]:
+    """(input_ids, labels) of each conversation, or the FieldError of a bad one."""
+    return FORMAT.encode_many(rows, ds, EncodeContext(tokenizer, train_on_inputs, template, eot_tokens))
+
+
 def encode(
-    row: dict[str, Any], ds: DatasetConfig, tokenizer: Any, template: str, train_on_inputs: bool
+    row: dict[str, Any], ds: DatasetConfig, tokenizer: Any, template: str, train_on_inputs: bool,
+    eot_tokens: tuple[str, ...] | None = None,
 ) -> tuple[list[int], list[int]]:
     """(input_ids, labels) of one conversation. Raises FieldError."""
-    result = encode_many([row], ds, tokenizer, template, train_on_inputs)[0]
+    result = encode_many([row], ds, tokenizer, template, train_on_inputs, eot_tokens)[0]
     if isinstance(result, FieldError):
         raise result
     return result
 
 
-def encode_many(
-    rows: list[dict[str, Any]], ds: DatasetConfig, tokenizer: Any, template: str, train_on_inputs: bool
-) -> list[tuple[list[int], list[int]] | FieldError]:
-    """(input_ids, labels) of each conversation, or the FieldError of a bad one.
+class ChatTemplate(DatasetFormat):
+    name = "chat_template"
+    chat = True
 
-    Renders and locates row by row, then tokenizes all renderings in one batched call of the
-    fast tokenizer (with offsets)."""
-    field = ds.field_messages
-    results: list[tuple[list[int], list[int]] | FieldError] = []
-    pending: list[tuple[int, str, list[Message], list[tuple[int, int] | None]]] = []
-    for row in rows:
-        try:
-            msgs = messages(row, ds)
-            if _uses_markers(msgs, ds, template, train_on_inputs):
-                results.append(_encode_with_markers(msgs, tokenizer, template, field))
+    def field_names(self, ds: DatasetConfig | None) -> tuple[str, ...]:
+        assert ds is not None
+        return (ds.field_messages,)
+
+    def check(self, row: dict[str, Any], ds: DatasetConfig | None) -> None:
+        assert ds is not None
+        messages(row, ds)
+
+    def encode_many(self, rows: list[dict[str, Any]], ds: DatasetConfig | None, ctx: EncodeContext) -> list[EncodeResult]:
+        """Renders and locates row by row, then tokenizes all renderings in one batched call of
+        the fast tokenizer (with offsets)."""
+        assert ds is not None and ctx.template is not None
+        template, tokenizer, field = ctx.template, ctx.tokenizer, ds.field_messages
+        thinking_field = (ds.message_property_mappings or {}).get(ds.template_thinking_key, ds.field_thinking)
+        results: list[EncodeResult] = []
+        pending: list[tuple[int, str, list[Message], Located]] = []
+        for row in rows:
+            try:
+                msgs = messages(row, ds)
+                if _uses_markers(msgs, ds, template, ctx):
+                    results.append(_encode_with_markers(msgs, tokenizer, template, field))
+                    continue
+                text = render(msgs, tokenizer, template, field, ds)
+                spans = locate(text, msgs, field, thinking_field)
+            except FieldError as err:
+                results.append(err)
                 continue
-            text = render(msgs, tokenizer, template, field)
-            spans = locate(text, msgs, field)
-        except FieldError as err:
-            results.append(err)
-            continue
-        pending.append((len(results), text, msgs, spans))
-        results.append(FieldError(field, "not encoded"))  # replaced below
-    if not pending:
+            pending.append((len(results), text, msgs, spans))
+            results.append(FieldError(field, "not encoded"))  # replaced below
+        if not pending:
+            return results
+        enc = tokenizer([p[1] for p in pending], add_special_tokens=False, return_offsets_mapping=True)
+        ends = _ends(ds, ctx)
+        special = _special_ids(tokenizer) if ends.eot_ids is None else set()
+        for (at, _, msgs, spans), ids, offsets in zip(pending, enc["input_ids"], enc["offset_mapping"]):
+            ids = list(ids)
+            if ctx.train_on_inputs:
+                results[at] = (ids, list(ids))
+                continue
+            starts, stops = [o[0] for o in offsets], [o[1] for o in offsets]
+            ordered = _non_decreasing(starts) and _non_decreasing(stops)
+            trained = [spans.trained_span(i) for i, m in enumerate(msgs) if is_trained(m, ds)]
+            labels = _content_labels(ids, starts, stops, ordered, [s for s in trained if s is not None])
+            for t in _end_tokens(msgs, spans, ids, starts, ordered, ds, ends, special):
+                labels[t] = ids[t]
+            results[at] = (ids, labels)
         return results
-    enc = tokenizer([p[1] for p in pending], add_special_tokens=False, return_offsets_mapping=True)
-    special = _special_ids(tokenizer) if ds.train_on_eos != "none" else set()
-    for (at, _, msgs, spans), ids, offsets in zip(pending, enc["input_ids"], enc["offset_mapping"]):
-        ids = list(ids)
-        if train_on_inputs:
-            results[at] = (ids, list(ids))
-            continue
-        starts, ends = [o[0] for o in offsets], [o[1] for o in offsets]
-        ordered = _non_decreasing(starts) and _non_decreasing(ends)
-        trained = [s for m, s in zip(msgs, spans) if s is not None and is_trained(m, ds)]
-        labels = _content_labels(ids, starts, ends, ordered, trained)
-        for t in _end_tokens(msgs, spans, ids, starts, ordered, special, ds):
-            labels[t] = ids[t]
-        results[at] = (ids, labels)
-    return results
 
 
 def _content_labels(ids: list[int], starts: list[int], ends: list[int], ordered: bool,
-                    trained: list[tuple[int, int]]) -> list[int]:
+                    trained: list[Span]) -> list[int]:
     """Each token's id where any of its characters lies in a trained span, else IGNORE.
     `ordered`: token start and end offsets are non-decreasing (as fast tokenizers give them)."""
     labels = [IGNORE] * len(ids)
@@ -252,30 +383,48 @@ def _non_decreasing(values: list[int]) -> bool:
     return values == sorted(values)
 
 
-def _end_tokens(msgs, spans, ids, starts: list[int], ordered: bool, special: set[int], ds: DatasetConfig) -> list[int]:
-    """Token positions of the end-of-turn tokens that `train_on_eos` trains."""
-    if ds.train_on_eos == "none":
-        return []
-    located = [i for i, s in enumerate(spans) if s is not None]
-    ends: dict[int, int] = {}
+def _first_after(spans: Located, ids: list[int], starts: list[int], ordered: bool, wanted: set[int]) -> dict[int, int]:
+    """Message index -> position of the first token in `wanted` starting at or after the end of
+    the message, before the next message begins."""
+    located = [i for i in range(len(spans.content)) if spans.first(i) is not None]
+    found: dict[int, int] = {}
     for k, i in enumerate(located):
-        after = spans[i][1]
-        before = spans[located[k + 1]][0] if k + 1 < len(located) else float("inf")
-        # the first special token starting at or after the content's end, before the next message
+        after = spans.trained_span(i)[1]
+        before = spans.first(located[k + 1])[0] if k + 1 < len(located) else float("inf")
         for t in range(bisect_left(starts, after) if ordered else 0, len(ids)):
             if starts[t] >= before:
                 break
-            if starts[t] >= after and ids[t] in special:
-                ends[i] = t
+            if starts[t] >= after and ids[t] in wanted:
+                found[i] = t
                 break
+    return found
+
+
+def _chosen(option: str, located: list[int], trained: list[int]) -> list[int]:
+    """The messages whose end token trains under a train_on_eos / train_on_eot value."""
+    return {"all": located, "last": trained[-1:], "turn": trained, "none": []}[option]
+
+
+def _end_tokens(msgs, spans: Located, ids, starts: list[int], ordered: bool, ds: DatasetConfig, ends: _Ends,
+                special: set[int]) -> list[int]:
+    """Token positions of the end-of-turn (and EOS) tokens that train."""
+    if ends.eot_option == "none" and ends.eos_option == "none":
+        return []
+    located = [i for i in range(len(msgs)) if spans.first(i) is not None]
     trained = [i for i in located if is_trained(msgs[i], ds)]
-    if ds.train_on_eos == "all":
-        chosen = located
-    elif ds.train_on_eos == "last":
-        chosen = trained[-1:]
-    else:  # turn
-        chosen = trained
-    return [ends[i] for i in chosen if i in ends]
+    out = []
+    if ends.eot_ids is None:  # any special token ends a turn; EOS follows train_on_eos
+        for i, t in _first_after(spans, ids, starts, ordered, special).items():
+            option = ends.eos_option if ids[t] == ends.eos_id else ends.eot_option
+            if i in _chosen(option, located, trained):
+                out.append(t)
+        return out
+    for wanted, option in ((ends.eot_ids, ends.eot_option), ({ends.eos_id} - ends.eot_ids, ends.eos_option)):
+        if not wanted or option == "none":
+            continue
+        found = _first_after(spans, ids, starts, ordered, wanted)
+        out += [found[i] for i in _chosen(option, located, trained) if i in found]
+    return out
 
 
 def _encode_with_markers(msgs: list[Message], tokenizer: Any, template: str, field: str) -> tuple[list[int], list[int]]:
@@ -293,12 +442,8 @@ def _encode_with_markers(msgs: list[Message], tokenizer: Any, template: str, fie
     return ids, [tok if m else IGNORE for tok, m in zip(ids, mask)]
 
 
-def prompt(row: dict[str, Any], ds: DatasetConfig, tokenizer: Any, template: str) -> str:
-    """The rendered conversation up to the last assistant turn, ready for generation."""
-    msgs = messages(row, ds)
-    while msgs and msgs[-1].role == "assistant":
-        msgs = msgs[:-1]
-    return tokenizer.apply_chat_template(
-        [{"role": m.role, "content": m.content} for m in msgs], chat_template=template, tokenize=False,
-        add_generation_prompt=True,
-    )
+FORMAT = register(ChatTemplate())
+
+
+def check(row: dict[str, Any], ds: DatasetConfig) -> None:
+    FORMAT.check(row, ds)

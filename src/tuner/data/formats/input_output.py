@@ -10,36 +10,38 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.config.schema import DatasetConfig
-from tuner.data.formats import FieldError, Segment
-
-SPECIAL_TOKENS_FIRST = False
-APPEND_EOS = False
+from tuner.data.formats.base import FieldError, SegmentFormat, register
+from tuner.data.labels import Segment
 
 
-def field_names(ds: DatasetConfig | None = None) -> tuple[str, ...]:
-    return ("segments",)
+class InputOutput(SegmentFormat):
+    name = "input_output"
+    special_tokens_first = False
+    append_eos = False
+
+    def field_names(self, ds: DatasetConfig | None = None) -> tuple[str, ...]:
+        return ("segments",)
+
+    def segments(self, row: dict[str, Any], ds: DatasetConfig | None = None) -> list[Segment]:
+        value = row.get("segments")
+        if value is None:
+            raise FieldError("segments", "is missing or null")
+        if not isinstance(value, list) or not value:
+            raise FieldError("segments", "must be a non-empty list of {text, label} objects")
+        out = []
+        for i, seg in enumerate(value):
+            if not isinstance(seg, dict):
+                raise FieldError(f"segments[{i}]", f"must be an object with text and label, got {type(seg).__name__}")
+            text, label = seg.get("text"), seg.get("label")
+            if not isinstance(text, str):
+                raise FieldError(f"segments[{i}].text", "is missing or not a string")
+            if not isinstance(label, bool):
+                raise FieldError(f"segments[{i}].label", f"must be true or false, got {label!r}")
+            out.append(Segment(text, label))
+        if not any(s.text for s in out):
+            raise FieldError("segments", "are all empty")
+        return out
 
 
-def prompt(row: dict[str, Any], ds: DatasetConfig | None = None) -> str:
-    return "".join(seg.text for seg in segments(row, ds) if not seg.train)
-
-
-def segments(row: dict[str, Any], ds: DatasetConfig | None = None) -> list[Segment]:
-    value = row.get("segments")
-    if value is None:
-        raise FieldError("segments", "is missing or null")
-    if not isinstance(value, list) or not value:
-        raise FieldError("segments", "must be a non-empty list of {text, label} objects")
-    out = []
-    for i, seg in enumerate(value):
-        if not isinstance(seg, dict):
-            raise FieldError(f"segments[{i}]", f"must be an object with text and label, got {type(seg).__name__}")
-        text, label = seg.get("text"), seg.get("label")
-        if not isinstance(text, str):
-            raise FieldError(f"segments[{i}].text", "is missing or not a string")
-        if not isinstance(label, bool):
-            raise FieldError(f"segments[{i}].label", f"must be true or false, got {label!r}")
-        out.append(Segment(text, label))
-    if not any(s.text for s in out):
-        raise FieldError("segments", "are all empty")
-    return out
+FORMAT = register(InputOutput())
+segments = FORMAT.segments

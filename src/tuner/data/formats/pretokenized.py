@@ -9,12 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from tuner.config.schema import DatasetConfig
-from tuner.data.formats import FieldError
-from tuner.data.tokenize import IGNORE
-
-
-def field_names(ds: DatasetConfig | None = None) -> tuple[str, ...]:
-    return ("input_ids", "labels", "attention_mask")
+from tuner.data.formats.base import DatasetFormat, EncodeContext, EncodeResult, FieldError, register
+from tuner.data.labels import IGNORE
 
 
 def _ints(row: dict[str, Any], name: str) -> list[int] | None:
@@ -26,11 +22,8 @@ def _ints(row: dict[str, Any], name: str) -> list[int] | None:
     return value
 
 
-def check(row: dict[str, Any], ds: DatasetConfig | None = None, vocab_size: int | None = None) -> None:
-    encode(row, vocab_size)
-
-
 def encode(row: dict[str, Any], vocab_size: int | None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) of one row, checked (against the vocabulary when its size is given)."""
     ids = _ints(row, "input_ids")
     if not ids:
         raise FieldError("input_ids", "is missing or empty")
@@ -49,3 +42,26 @@ def encode(row: dict[str, Any], vocab_size: int | None) -> tuple[list[int], list
     if mask is not None and any(m != 1 for m in mask):
         raise FieldError("attention_mask", "marks padding; give unpadded rows (tuner pads each batch itself)")
     return ids, list(labels) if labels is not None else list(ids)
+
+
+class Pretokenized(DatasetFormat):
+    name = "pretokenized"
+
+    def field_names(self, ds: DatasetConfig | None = None) -> tuple[str, ...]:
+        return ("input_ids", "labels", "attention_mask")
+
+    def check(self, row: dict[str, Any], ds: DatasetConfig | None = None) -> None:
+        encode(row, None)
+
+    def encode_many(self, rows: list[dict[str, Any]], ds: DatasetConfig | None, ctx: EncodeContext) -> list[EncodeResult]:
+        vocab_size = len(ctx.tokenizer)
+        out: list[EncodeResult] = []
+        for row in rows:
+            try:
+                out.append(encode(row, vocab_size))
+            except FieldError as err:
+                out.append(err)
+        return out
+
+
+FORMAT = register(Pretokenized())

@@ -1,0 +1,202 @@
+"""The dataset `type` names a config may write, declared once.
+
+Validation must know every name, and config may not import the data stage (an
+import-linter contract holds it), so the names live here, as plain data. The data stage
+implements exactly these: each format in `tuner.data.formats` registers under one of the
+`KINDS` below (`register` refuses an undeclared name), and tests/unit/test_formats.py
+checks that every declared kind has a format. A new dataset type is one name here and one
+format there.
+
+Four kinds of names:
+  * tuner's own types (`MAIN_TYPES`), the ones error messages list;
+  * the instruction types of Axolotl's prompt strategies (alpaca's siblings: jeopardy,
+    oasst, context_qa, ...), each an exact rendering of Axolotl's prompt text;
+  * legacy spellings that tuner reads as a modern type (`sharegpt` -> chat_template with
+    ShareGPT's field names), each with a notice that names what to write instead
+    (`rewrite_legacy`);
+  * Axolotl types for objectives tuner does not train yet (preference, reward, pretraining),
+    refused with the capability named (`UNSUPPORTED_PREFIXES`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MAIN_TYPES = ("alpaca", "completion", "chat_template", "input_output")
+
+# Axolotl's `type: NAME:STYLE` types: an instruction format whose prompt style (Axolotl's
+# PromptStyle) is chosen by the suffix. `NAME` alone is the instruct style.
+PROMPT_STYLES = ("instruct", "chat", "chatml", "phi")
+STYLED_TYPES = ("alpaca", "explainchoice", "concisechoice", "summarizetldr", "jeopardy", "oasst", "gpteacher",
+                "reflection")
+
+# Axolotl's other SFT prompt strategies (src/axolotl/prompt_strategies/*.py, `module.load_fn`).
+AXOLOTL_TYPES = (
+    "alpaca_chat", "alpaca_chat.load_qa", "alpaca_chat.load_concise", "alpaca_chat.load_camel_ai",
+    "alpaca_chat.load_no_prompt",
+    "alpaca_instruct", "alpaca_instruct.load_no_prompt",
+    "alpaca_w_system", "alpaca_w_system.load_instruct", "alpaca_w_system.load_chat",
+    "alpaca_w_system.load_open_orca", "alpaca_w_system.load_open_orca_chatml",
+    "context_qa", "context_qa.load_404", "context_qa.load_v2",
+    "creative_acr.load_answer", "creative_acr.load_critique", "creative_acr.load_revise",
+    "metharme", "orcamini", "pygmalion",
+)
+
+DATASET_TYPES: tuple[str, ...] = (
+    MAIN_TYPES
+    + tuple(f"{name}:{style}" for name in STYLED_TYPES for style in PROMPT_STYLES)
+    + tuple(name for name in STYLED_TYPES if name not in MAIN_TYPES)
+    + AXOLOTL_TYPES
+)
+# Every format kind (`DatasetConfig.kind`): the names above, plus a mapping given as `type`
+# and rows of token ids (`type` left out).
+KINDS: tuple[str, ...] = DATASET_TYPES + ("user_defined", "pretokenized")
+
+# Axolotl types of objectives tuner does not train yet: prefix -> the capability.
+UNSUPPORTED_PREFIXES = {
+    "bradley_terry": "reward-model training (Bradley-Terry pairs)",
+    "stepwise_supervised": "process-reward-model training (stepwise labels)",
+    "pretrain": "streaming pretraining datasets (pretraining_dataset)",
+    "ebft": "Axolotl's EBFT trainer",
+    "rwd.": "reward functions for online RL (GRPO)",
+    "chat_template.": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
+    "chatml.": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
+    "llama3.": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
+    "zephyr.": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
+    "user_defined.": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
+    "passthrough": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
+    "dpo": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
+    "kto": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
+    "orpo": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
+}
+
+
+def unsupported(name: str) -> str | None:
+    """The capability a dataset type of another objective needs, or None."""
+    for prefix, what in UNSUPPORTED_PREFIXES.items():
+        if name == prefix or name.startswith(prefix if prefix.endswith(".") else (prefix + ".", prefix + "_", prefix + ":")):
+            return what
+    return None
+
+
+# --------------------------------------------------------------------------- legacy spellings
+
+SHAREGPT_MAPPING = {"role": "from", "content": "value"}
+# FastChat conversation names (old `sharegpt` + `conversation:`) -> tuner's named chat template.
+CONVERSATIONS = {
+    "chatml": "chatml",
+    "llama-2": "llama2",
+    "llama2": "llama2",
+    "llama-3": "llama3",
+    "llama3": "llama3",
+    "vicuna_v1.1": "vicuna",
+    "mistral": "mistral_v1",
+    "gemma": "gemma",
+    "phi3": "phi_3",
+    "zephyr": "zephyr",
+}
+# Old ShareGPT loaders: type -> (field_messages, message_property_mappings, extra role aliases).
+SHAREGPT_LOADERS: dict[str, tuple[str, dict[str, str], dict[str, list[str]]]] = {
+    "sharegpt": ("conversations", SHAREGPT_MAPPING, {}),
+    "sharegpt:chat": ("conversations", SHAREGPT_MAPPING, {}),
+    "sharegpt.load": ("conversations", SHAREGPT_MAPPING, {}),
+    "sharegpt.load_role": ("conversations", {"role": "role", "content": "value"}, {}),
+    "sharegpt.load_ultrachat": ("messages", {"role": "role", "content": "content"}, {}),
+    "sharegpt.load_guanaco": ("conversations", {"role": "role", "content": "text"}, {"user": ["prompter"]}),
+    "llama2_chat": ("conversations", SHAREGPT_MAPPING, {}),
+    "messages": ("messages", {"role": "role", "content": "content"}, {}),
+}
+Notice = tuple[str, str]  # (dataset key, message): a legacy spelling tuner read, and what to write
+
+
+def rewrite_legacy(entry: dict[str, Any]) -> tuple[dict[str, Any], list[Notice]]:
+    """A `datasets` entry with legacy spellings rewritten to what tuner does, and one notice per
+    rewrite naming the modern key. Values that cannot be rewritten are left for validation."""
+    entry = dict(entry)
+    notices: list[Notice] = []
+    kind = entry.get("type")
+    if isinstance(kind, str) and kind in SHAREGPT_LOADERS:
+        notices += _sharegpt(entry, kind)
+    elif isinstance(kind, str) and kind.startswith("alpaca_chat") and entry.get("conversation") in PROMPT_STYLES:
+        style = entry.pop("conversation")
+        if kind == "alpaca_chat":
+            entry["type"] = f"alpaca:{style}"
+            notices.append(("conversation", f"`type: alpaca_chat` with `conversation: {style}` is read as "
+                                            f"`type: alpaca:{style}` (write that instead)"))
+    for old, new in (("message_field_role", "role"), ("message_field_content", "content")):
+        if old in entry:
+            value = entry.pop(old)
+            if value is None:
+                continue
+            mapping = dict(entry.get("message_property_mappings") or {})
+            if mapping.get(new, value) != value:
+                entry[old] = value  # a conflict: left for validation to refuse, naming both keys
+                continue
+            mapping[new] = value
+            entry["message_property_mappings"] = mapping
+            notices.append((old, f"`{old}: {value}` is deprecated; read as "
+                                 f"`message_property_mappings: {{{new}: {value}}}` (write that instead)"))
+    return entry, notices
+
+
+def _sharegpt(entry: dict[str, Any], kind: str) -> list[Notice]:
+    field_messages, mapping, extra_roles = SHAREGPT_LOADERS[kind]
+    entry["type"] = "chat_template"
+    entry.setdefault("field_messages", field_messages)
+    if not entry.get("message_property_mappings") and "message_field_role" not in entry \
+            and "message_field_content" not in entry:
+        entry["message_property_mappings"] = dict(mapping)
+    roles = {"system": ["system"], "user": ["user", "human"], "assistant": ["assistant", "gpt", "model", "bot"],
+             "tool": ["tool", "function", "ipython"]}
+    for role, names in extra_roles.items():
+        roles[role] = roles[role] + names
+    renamed = []
+    for key, role in (("field_human", "user"), ("field_model", "assistant")):
+        value = entry.pop(key, None)
+        if value:
+            roles[role] = roles[role] + [value]
+            renamed.append(f"{role}: [{value}]")
+    if extra_roles or renamed:
+        entry.setdefault("roles", roles)
+    written = [f"type: chat_template", f"field_messages: {entry['field_messages']}"]
+    written.append("message_property_mappings: {" + ", ".join(f"{k}: {v}" for k, v in
+                                                             entry["message_property_mappings"].items()) + "}")
+    if renamed:
+        written.append("roles: {" + ", ".join(renamed) + ", ...}")
+    template = None
+    conversation = entry.pop("conversation", None)
+    if kind == "llama2_chat":
+        template = "llama2"
+    elif conversation is not None:
+        template = CONVERSATIONS.get(conversation)
+        if template is None:
+            entry["conversation"] = conversation  # refused by validation, listing the names tuner knows
+    if template is not None and "chat_template" not in entry:
+        entry["chat_template"] = template
+        written.append(f"chat_template: {template}")
+    why = "" if kind != "llama2_chat" else " (the llama2 chat template; Axolotl's default system prompt is not added)"
+    return [("type", f"`type: {kind}` is deprecated (Axolotl removed it); read as `{'`, `'.join(written)}`{why}"
+                     " (write that instead)")]
+
+
+# --------------------------------------------------------------------------- chat templates
+
+# Named chat templates (`chat_template: NAME`), each shipped as tuner/data/chat_templates/NAME.jinja
+# (tests check every name has its file and renders as Axolotl's template of that name does).
+NAMED_TEMPLATES = (
+    "chatml", "llama2", "llama3", "llama4", "gemma", "gemma3", "gemma3n", "qwen_25", "qwen3", "qwen3_5", "falcon_h1",
+    "phi_3", "phi_35", "phi_4", "deepseek_v2", "cohere", "mistral_v1", "vicuna", "zephyr",
+)
+FALLBACK_PREFIX = "tokenizer_default_fallback_"  # the tokenizer's own template, else the named one
+CHAT_TEMPLATES = ("tokenizer_default", "jinja", *NAMED_TEMPLATES)
+# Axolotl template names tuner does not ship: why, and what to use instead.
+UNSHIPPED_TEMPLATES = {
+    name: "a multimodal template (tuner trains text models)"
+    for name in ("llava", "pixtral", "qwen2_vl", "llama3_2_vision")
+}
+
+
+
+def is_template_name(name: str) -> bool:
+    """A `chat_template` value tuner renders with (a name, or tokenizer_default_fallback_NAME)."""
+    return name in CHAT_TEMPLATES or (name.startswith(FALLBACK_PREFIX) and name[len(FALLBACK_PREFIX):] in NAMED_TEMPLATES)
