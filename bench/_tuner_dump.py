@@ -31,7 +31,7 @@ def main() -> None:
     from tuner.config import load_config
     from tuner.data.pipeline import prepare
     from tuner.models.load import load_tokenizer, resolve_base, tokenizer_files
-    from tuner.train.loop import StepPlan
+    from tuner.train.step_plan import StepPlan
 
     t0 = time.perf_counter()
     cfg = load_config(args.config)

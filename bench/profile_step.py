@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/profile_step.py CONFIG.yml [--steps 6] [--profile-from 3]
 
-Runs `tuner.train.loop.train` on CONFIG unchanged, except that the optimizer steps from
+Runs `tuner.train.loop.train` on CONFIG unchanged (through its hooks), except that the optimizer steps from
 --profile-from on are recorded with torch.profiler (CPU) and the run stops before saving.
 Prints the operators by self CPU time, and the split between forward (incl. the loss),
 backward and the optimizer.
@@ -25,51 +25,41 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=25, help="operators to print")
     a = ap.parse_args()
 
-    import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    import tuner.train.loop as loop
     from tuner.config import load_config
+    from tuner.train.loop import train
+    from tuner.train.setup import Hooks
+    from tuner.train.step import Totals, accumulate_gradients as tuners_own
 
     cfg = load_config(a.config, ["--max_steps", str(a.steps), "--overwrite_output_dir", "true"])
     state = {"step": 0, "prof": None, "phase": {"forward+loss": 0.0, "backward": 0.0}, "wall": 0.0}
-    original = loop.accumulate_gradients
 
-    def accumulate_gradients(model, batches, accelerator):
+    def accumulate_gradients(model, batches, accelerator, objective):
         state["step"] += 1
         if state["step"] < a.profile_from:
-            return original(model, batches, accelerator)
+            return tuners_own(model, batches, accelerator, objective)
         if state["prof"] is None:
             state["prof"] = profile(activities=[ProfilerActivity.CPU])
             state["prof"].__enter__()
         t0 = time.perf_counter()
         with record_function("tuner.step"):
-            # the same work as loop.accumulate_gradients, timed in two phases
-            step_trained = sum(loop.trained_token_count(b["labels"]) for b in batches)
+            # the same work as tuner.train.step.accumulate_gradients (one process), timed in two phases
+            step_trained = sum(objective.count(b) for b in batches)
             loss_sum = 0.0
             for batch in batches:
                 t = time.perf_counter()
                 with accelerator.autocast():
-                    summed = model(**batch)
+                    summed = objective.sums(model(**batch))["loss"]
                 state["phase"]["forward+loss"] += time.perf_counter() - t
                 t = time.perf_counter()
                 accelerator.backward(summed / step_trained)
                 state["phase"]["backward"] += time.perf_counter() - t
                 loss_sum += float(summed.detach())
         state["wall"] += time.perf_counter() - t0
-        return loss_sum, step_trained
+        return Totals({"loss": loss_sum}, step_trained)
 
-    class Done(Exception):
-        pass
-
-    def save_final(*args, **kwargs):
-        raise Done
-
-    loop.accumulate_gradients, loop.save_final = accumulate_gradients, save_final
-    try:
-        loop.train(cfg)
-    except Done:
-        pass
+    train(cfg, hooks=Hooks(accumulate=accumulate_gradients, save=False))
     prof = state["prof"]
     prof.__exit__(None, None, None)
     n = a.steps - a.profile_from + 1

@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from tuner.data.formats.alpaca import prompt as alpaca_prompt  # noqa: E402  (the training format)
-from tuner.train.loop import cpu_has_fast_bf16  # noqa: E402
+from tuner.train.precision import cpu_has_fast_bf16  # noqa: E402
 
 CONFIG = Path("examples/quickstart.yml")
 HELDOUT = Path("examples/data/quickstart_heldout.csv")

@@ -1,25 +1,29 @@
 """A control for tests/e2e/test_distributed.py: tuner with the loss normalised per process
 (each process divides by its own trained tokens, DDP then averages the processes' means).
-Run with torchrun like tuner itself; it must NOT match the single-process run."""
+Run with torchrun like tuner itself (`per_process_mean.py train CONFIG`); it must NOT match
+the single-process run. It is tuner's own training with only the step's gradient
+accumulation replaced, through the loop's hooks."""
 
 import sys
 
 import torch
 
-import tuner.train.loop as loop
-from tuner.cli import main
+from tuner.config import load_config
+from tuner.train.loop import train
 from tuner.train.loss import trained_token_count
+from tuner.train.setup import Hooks
+from tuner.train.step import Totals, reduce_sum
 
 
-def per_process_mean(model, batches, accelerator):
+def per_process_mean(model, batches, accelerator, objective):
     local = sum(trained_token_count(b["labels"]) for b in batches)
     loss_sum = torch.zeros((), dtype=torch.float64)
     for batch in batches:
         summed = model(**batch)
         accelerator.backward(summed / local)
         loss_sum += summed.detach().double()
-    return loop._reduce_sum(accelerator, loss_sum), loop._reduce_sum(accelerator, local)
+    return Totals({"loss": reduce_sum(accelerator, loss_sum)}, reduce_sum(accelerator, local))
 
 
-loop.accumulate_gradients = per_process_mean
-sys.exit(main(sys.argv[1:]))
+assert sys.argv[1] == "train", "usage: per_process_mean.py train CONFIG"
+train(load_config(sys.argv[2]), hooks=Hooks(accumulate=per_process_mean))

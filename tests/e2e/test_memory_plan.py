@@ -7,14 +7,14 @@ when this CPU runs it fast (`bf16: auto`, as tuner resolves it), two optimizer s
 second runs with the optimizer state allocated, the steady state the plan describes).
 
 Each case trains in its own process (`python tests/e2e/test_memory_plan.py --measure
-CONFIG`), which calls `tuner.train.loop.train` with three hooks and nothing else changed:
-  * `load_model` is wrapped to record RSS before and after loading (for the table only);
-  * the first `accumulate_gradients` call reads every weight once (transformers maps the
+CONFIG`), which calls `tuner.train.loop.train` with the loop's hooks and nothing else changed:
+  * `model_loading` / `model_loaded` record RSS before and after loading (for the table only);
+  * the first gradient accumulation reads every weight once (transformers maps the
     safetensors file, so weights would otherwise enter RSS during the first step), then
     takes the baseline RSS: the model is loaded, adapted and wrapped, nothing of a step
     exists yet; a thread samples RSS every 5 ms from then on (psutil), and the kernel's
     high-water mark (VmHWM, reset through /proc/self/clear_refs) is read as a cross-check;
-  * `save_final` stops the run after the last step (nothing is saved).
+  * `save=False` stops the run after the last step (nothing is saved).
 The measured step memory is peak RSS - baseline; the plan's is its total minus the fixed
 runtime and the weights (both already in the baseline). They must agree within 25%.
 
@@ -22,7 +22,7 @@ The processes run with MALLOC_MMAP_THRESHOLD_=131072: every allocation of 128 Ki
 is then its own mapping, returned to the system when freed, so RSS follows what the tensors
 hold. With glibc's default (a threshold that grows up to 32 MiB) freed mid-sized blocks stay
 in the heap and RSS reads up to a third higher than the tensors need; the plan does not
-model allocator behaviour (see tuner/models/info.py).
+model allocator behaviour (see tuner/plan/memory.py).
 
 `python tests/e2e/test_memory_plan.py` prints the table for all six cases.
 """
@@ -97,7 +97,7 @@ def measure(config: Path) -> dict:
 
 def plan_for(config: Path):
     from tuner.config import load_config
-    from tuner.models.info import memory_plan
+    from tuner.plan import memory_plan
 
     return memory_plan(load_config(config))
 
@@ -157,8 +157,10 @@ def _measure_main(config: str) -> None:
     import psutil
     import torch
 
-    import tuner.train.loop as loop
+    import tuner.train.step as step
     from tuner.config import load_config
+    from tuner.train.loop import train
+    from tuner.train.setup import Hooks
 
     proc = psutil.Process()
     start = time.perf_counter()
@@ -180,18 +182,17 @@ def _measure_main(config: str) -> None:
         return None
 
     out: dict = {}
-    original_load, original_accumulate = loop.load_model, loop.accumulate_gradients
 
-    def load_model(*args, **kwargs):
+    def model_loading():
         out["rss_before_load"] = proc.memory_info().rss
-        model = original_load(*args, **kwargs)
-        out["rss_after_load"] = proc.memory_info().rss
-        return model
 
-    def accumulate_gradients(model, *args, **kwargs):
+    def model_loaded(model):
+        out["rss_after_load"] = proc.memory_info().rss
+
+    def accumulate_gradients(module, *args, **kwargs):
         if "baseline" not in out:
             with torch.no_grad():  # page in the memory-mapped weights: the loaded model is in RAM
-                for t in [*model.parameters(), *model.buffers()]:
+                for t in [*module.parameters(), *module.buffers()]:
                     t.float().sum()
             gc.collect()
             out["baseline"] = proc.memory_info().rss
@@ -202,20 +203,11 @@ def _measure_main(config: str) -> None:
                 out["hwm_reset"] = False
             state["peak"], state["on"] = out["baseline"], True
             out["seconds_to_baseline"] = time.perf_counter() - start
-        return original_accumulate(model, *args, **kwargs)
+        return step.accumulate_gradients(module, *args, **kwargs)
 
-    class Done(Exception):
-        pass
-
-    def save_final(*args, **kwargs):
-        raise Done
-
-    loop.load_model, loop.accumulate_gradients, loop.save_final = load_model, accumulate_gradients, save_final
     threading.Thread(target=sample, daemon=True).start()
-    try:
-        loop.train(load_config(config))
-    except Done:
-        pass
+    train(load_config(config), hooks=Hooks(model_loading=model_loading, model_loaded=model_loaded,
+                                           accumulate=accumulate_gradients, save=False))
     state["on"] = state["stop"] = True
     out["peak_sampled"] = max(state["peak"], proc.memory_info().rss)
     out["peak_hwm"] = vm_hwm() if out.get("hwm_reset") else None

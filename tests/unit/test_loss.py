@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from tuner.data.pack import pad_batch
-from tuner.train.loop import accumulate_gradients
+from tuner.train.objectives.sft import SFT
+from tuner.train.step import accumulate_gradients
 from tuner.train.loss import CausalLMLoss, shifted_loss_sum, trained_token_count
 
 
@@ -35,13 +36,19 @@ def grads(model):
     return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
 
 
+def accumulate(model, batches, accelerator):
+    """(summed loss, trained tokens) of one SFT step's micro-batches, after its backward."""
+    totals = accumulate_gradients(model, batches, accelerator, SFT())
+    return totals.sums["loss"], totals.count
+
+
 def run(micro_batch, data, accelerator):
     model = CausalLMLoss(tiny_llama())
     batches = [
         pad_batch([r[0] for r in data[i : i + micro_batch]], [r[1] for r in data[i : i + micro_batch]], 0)
         for i in range(0, len(data), micro_batch)
     ]
-    loss_sum, trained = accumulate_gradients(model, batches, accelerator)
+    loss_sum, trained = accumulate(model, batches, accelerator)
     return grads(model), loss_sum / trained
 
 
@@ -129,7 +136,7 @@ def test_flattened_batches_equal_padded_batches(accelerator):
     for name, flatten in (("padded", False), ("flat", True)):
         batches = [Batches(ds, 0, 128, flatten=flatten).batch(u) for u in units]
         model = CausalLMLoss(tiny_llama())
-        loss_sum, trained = accumulate_gradients(model, batches, accelerator)
+        loss_sum, trained = accumulate(model, batches, accelerator)
         results[name] = (loss_sum / trained, grads(model), batches)
     (l1, g1, padded), (l2, g2, flat) = results["padded"], results["flat"]
     assert all(b["input_ids"].shape[0] == 1 and b["input_ids"].shape[1] == sum(len(data[i][0]) for i in u)
@@ -140,5 +147,5 @@ def test_flattened_batches_equal_padded_batches(accelerator):
 
     leaky = [{**b, "position_ids": torch.arange(b["input_ids"].shape[1])[None]} for b in flat]
     model = CausalLMLoss(tiny_llama())
-    loss_sum, trained = accumulate_gradients(model, leaky, accelerator)
+    loss_sum, trained = accumulate(model, leaky, accelerator)
     assert not torch.allclose(grads(model), g1, rtol=1e-5, atol=1e-5)

@@ -10,7 +10,7 @@ import torch
 from tuner.config.schema import TrainingBlock
 from tuner.data.pack import Batches, pack_rows, packed_batch, pad_batch
 from tuner.data.tokenize import IGNORE
-from tuner.train.loop import StepPlan
+from tuner.train.step_plan import StepPlan
 
 
 def test_bins_hold_every_row_once_within_capacity():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tuner.config.schema import TrainingBlock
-from tuner.train.loop import StepPlan
+from tuner.train.step_plan import StepPlan
 
 
 def plan(rows, world=1, **kw):

@@ -15,6 +15,7 @@ without `checkpoint.json` is incomplete and never used.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import random
@@ -23,7 +24,7 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from typing import Any
 from tuner import __version__
 from tuner.config import TunerConfig, dump_config
 from tuner.errors import UserError
+
+log = logging.getLogger("tuner")
 
 RUN_RECORD = "tuner_run.json"
 CONFIG_COPY = "tuner_config.yml"
@@ -74,7 +77,30 @@ class TrainerState:
     total_steps: int
     best_eval_loss: float | None = None
     skipped_steps: int = 0  # updates skipped for a non-finite loss (nan_policy: skip)
-    extra: dict[str, Any] = field(default_factory=dict)
+
+    # Settings a resumed run must share with the checkpoint, and the counters it takes over.
+    SAME = ("data_fingerprint", "rows", "micro_batch_size", "gradient_accumulation_steps", "world_size", "seed")
+    CARRIED = ("step", "trained_tokens", "best_eval_loss", "skipped_steps")
+
+    @classmethod
+    def new(cls, data_fingerprint: str, plan: Any) -> TrainerState:
+        """Step 0 of a run with this data and step plan (a tuner.train.step_plan.StepPlan)."""
+        return cls(step=0, trained_tokens=0, data_fingerprint=data_fingerprint, rows=plan.rows,
+                   micro_batch_size=plan.micro_batch_size, gradient_accumulation_steps=plan.accumulation,
+                   world_size=plan.world_size, seed=plan.seed, total_steps=plan.total_steps)
+
+    def continue_from(self, saved: TrainerState, path: Path) -> None:
+        """Take over a checkpoint's counters; refuse one made with settings that change the
+        data order or the loss normalisation (the run could not continue exactly)."""
+        changed = [f"{f}: {getattr(saved, f)} -> {getattr(self, f)}" for f in self.SAME
+                   if getattr(saved, f) != getattr(self, f)]
+        if changed:
+            raise UserError(
+                f"resume_from_checkpoint: {path} was made with different settings, so the run cannot continue "
+                f"exactly ({'; '.join(changed)}). Restore them, or start a new run."
+            )
+        for name in self.CARRIED:
+            setattr(self, name, getattr(saved, name))
 
 
 def checkpoint_dirs(out_dir: Path) -> list[Path]:
@@ -102,6 +128,28 @@ def find_resume_checkpoint(value: str | None, out_dir: Path) -> Path | None:
             f"complete ones in {out_dir}: {', '.join(p.name for p in checkpoint_dirs(out_dir)) or 'none'}"
         )
     return path
+
+
+def prepare_output_dir(out_dir: Path, t: Any) -> Path | None:
+    """Refuse to overwrite a run unless asked; return the checkpoint to resume from, if any.
+    `t` is the config's TrainingBlock."""
+    resume = find_resume_checkpoint(t.resume_from_checkpoint, out_dir)
+    if resume is not None:
+        return resume
+    finished = (out_dir / RUN_RECORD).is_file()
+    unfinished = bool(checkpoint_dirs(out_dir))
+    if (finished or unfinished) and not t.overwrite_output_dir:
+        what = "a finished run" if finished else "checkpoints of an unfinished run"
+        hint = "" if finished else " resume it with `--resume_from_checkpoint auto`, or"
+        raise UserError(
+            f"output_dir: {out_dir} already holds {what}. To keep it, choose another output_dir;"
+            f"{hint} set `overwrite_output_dir: true` to replace it."
+        )
+    if t.overwrite_output_dir:
+        clear_previous_run(out_dir)
+    if t.resume_from_checkpoint == "auto":
+        log.info("resume_from_checkpoint: auto found no complete checkpoint in %s; starting at step 0", out_dir)
+    return None
 
 
 def _rng_states() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -217,8 +265,9 @@ def save_checkpoint(
 
 def read_state(path: Path) -> TrainerState:
     try:
-        return TrainerState(**json.loads((path / MARKER).read_text()))
-    except (OSError, ValueError, TypeError) as err:
+        saved = json.loads((path / MARKER).read_text())
+        return TrainerState(**{f.name: saved[f.name] for f in fields(TrainerState) if f.name in saved})
+    except (OSError, ValueError, TypeError, KeyError) as err:
         raise UserError(f"resume_from_checkpoint: {path / MARKER} is unreadable: {err}") from None
 
 

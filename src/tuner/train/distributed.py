@@ -27,8 +27,9 @@ from tuner.errors import UserError
 EXPECTED_WORLD_SIZE = "TUNER_EXPECTED_WORLD_SIZE"
 
 
-def fsdp_plugin(t: TrainingBlock, layer_cls: str | None = None, mixed_precision: str = "no") -> Any:
-    """accelerate's FSDP plugin for `fsdp` / `fsdp_config` (constructed without a GPU)."""
+def fsdp_plugin(t: TrainingBlock, mixed_precision: str = "no") -> Any:
+    """accelerate's FSDP plugin for `fsdp` / `fsdp_config` (constructed without a GPU). Without
+    `transformer_layer_cls_to_wrap`, accelerate wraps the model's own `_no_split_modules`."""
     from accelerate.utils import FullyShardedDataParallelPlugin
 
     c = t.fsdp_config or FSDPConfig()
@@ -49,7 +50,7 @@ def fsdp_plugin(t: TrainingBlock, layer_cls: str | None = None, mixed_precision:
         if c.auto_wrap_policy == "SIZE_BASED_WRAP":
             kwargs.update(auto_wrap_policy="size_based_wrap", min_num_params=c.min_num_params or 100_000_000)
         else:
-            cls = c.transformer_layer_cls_to_wrap or layer_cls
+            cls = c.transformer_layer_cls_to_wrap
             kwargs.update(auto_wrap_policy="transformer_based_wrap", transformer_cls_names_to_wrap=[cls] if cls else None)
     if mixed_precision in ("bf16", "fp16"):
         kwargs["mixed_precision_policy"] = mixed_precision
@@ -73,7 +74,7 @@ def deepspeed_plugin(t: TrainingBlock) -> Any:
     return DeepSpeedPlugin(hf_ds_config=config)
 
 
-def accelerator_kwargs(t: TrainingBlock, mixed_precision: str, layer_cls: str | None = None) -> dict[str, Any]:
+def accelerator_kwargs(t: TrainingBlock, mixed_precision: str) -> dict[str, Any]:
     """Arguments for `Accelerator(...)`: device, precision, and the FSDP / DeepSpeed plugin."""
     import torch
 
@@ -87,7 +88,7 @@ def accelerator_kwargs(t: TrainingBlock, mixed_precision: str, layer_cls: str | 
         )
     kwargs: dict[str, Any] = {"mixed_precision": mixed_precision, "cpu": not cuda}
     if t.fsdp:
-        kwargs["fsdp_plugin"] = fsdp_plugin(t, layer_cls, mixed_precision)
+        kwargs["fsdp_plugin"] = fsdp_plugin(t, mixed_precision)
     if t.deepspeed is not None:
         kwargs["deepspeed_plugin"] = deepspeed_plugin(t)
     return kwargs

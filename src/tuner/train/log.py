@@ -169,3 +169,60 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
     return str(value)
+
+
+class LogWindow:
+    """The steps since the last logged one: their totals, their real tokens, and the time
+    spent training them. Evaluation and checkpoint saves are timed on their own and never
+    count as training time, so tokens/s is the training throughput."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self.count = 0.0
+        self.tokens = 0.0
+        self.seconds = 0.0
+
+    def add(self, sums: dict[str, float], count: float, tokens: float, seconds: float) -> None:
+        """One step. A step with a non-finite loss (skipped under nan_policy: skip) adds its
+        tokens and time but not its sums."""
+        if all(map(_finite, sums.values())):
+            for k, v in sums.items():
+                self.totals[k] = self.totals.get(k, 0.0) + v
+            self.count += count
+        self.tokens += tokens
+        self.seconds += seconds
+
+    def rates(self, count_name: str) -> dict[str, float]:
+        seconds = max(self.seconds, 1e-9)
+        return {"tokens_per_second": self.tokens / seconds, f"{count_name}_per_second": self.count / seconds}
+
+
+def _finite(value: float) -> bool:
+    import math
+
+    return math.isfinite(value)
+
+
+class RunLog:
+    """A run's outputs while it trains: metrics.jsonl, the trackers and the progress bar
+    (written by the main process only). `close` may be called more than once."""
+
+    def __init__(self, metrics: MetricsLog, progress: Progress):
+        self.metrics = metrics
+        self.progress = progress
+
+    @classmethod
+    def open(cls, cfg: Any, out_dir: Path, total_steps: int, from_step: int, enabled: bool) -> RunLog:
+        """`cfg` is the TunerConfig (its flat form goes to the trackers)."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        trackers = open_trackers(cfg.training, out_dir, cfg.to_flat()) if enabled else []
+        metrics = MetricsLog(out_dir / "metrics.jsonl", enabled=enabled, keep_until_step=from_step, trackers=trackers)
+        metrics.write({"event": "start", "total_steps": total_steps, "from_step": from_step})
+        return cls(metrics, Progress(total_steps, initial=from_step, enabled=enabled))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.metrics.write(record)
+
+    def close(self) -> None:
+        self.progress.close()
+        self.metrics.close()
