@@ -12,7 +12,7 @@ import torch
 
 from helpers import make_config, write_jsonl
 from tuner.errors import UserError
-from tuner.models.info import (
+from tuner.plan import (
     GiB,
     count_parameters,
     describe_model,

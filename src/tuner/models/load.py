@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuner import hub
 from tuner.config.schema import AdapterBlock, ModelBlock
 from tuner.errors import UserError
 from tuner.fsutil import atomic_folder
@@ -106,15 +107,16 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or os.sep in text and Path(text).expanduser().parent.exists() or text.endswith(".gguf")
 
 
-def resolve_base(model: ModelBlock) -> BaseModelSource:
+def resolve_base(model: ModelBlock, weights: bool = True) -> BaseModelSource:
     """Where the base model is, as a plain HF folder; its config is read (not its weights)
-    so that a model tuner cannot load fails here, before any data is prepared."""
-    source = _locate_base(model)
-    _auto_config(model, source)
+    so that a model tuner cannot load fails here, before any data is prepared.
+    `weights=False`: a hub model's snapshot without its weight files (what `tuner info` reads)."""
+    source = _locate_base(model, weights)
+    model_config(model, source)
     return source
 
 
-def _locate_base(model: ModelBlock) -> BaseModelSource:
+def _locate_base(model: ModelBlock, weights: bool) -> BaseModelSource:
     requested = model.base_model
     if requested.startswith("pkg:"):
         return BaseModelSource(convert_gguf(_package_file(requested), model), requested, "gguf")
@@ -132,7 +134,7 @@ def _locate_base(model: ModelBlock) -> BaseModelSource:
         return BaseModelSource(path.resolve(), requested, "folder")
     if _looks_like_path(requested):
         raise UserError(f"base_model: {requested!r} does not exist (looked for {path.resolve()})")
-    return BaseModelSource(hub_snapshot(requested, model), requested, "hub")
+    return BaseModelSource(hub_snapshot(requested, model, weights), requested, "hub")
 
 
 def hub_snapshot(repo_id: str, model: ModelBlock, weights: bool = True) -> Path:
@@ -144,7 +146,7 @@ def hub_snapshot(repo_id: str, model: ModelBlock, weights: bool = True) -> Path:
     patterns = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"] + (["*.safetensors"] if weights else [])
     if model.trust_remote_code:
         patterns.append("*.py")
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+    offline = hub.offline()
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
     except HFValidationError:
@@ -304,7 +306,8 @@ def _brief(err: BaseException) -> str:
 # --------------------------------------------------------------------------- model
 
 
-def _auto_config(model: ModelBlock, base: BaseModelSource) -> Any:
+def model_config(model: ModelBlock, base: BaseModelSource) -> Any:
+    """The transformers config of the base (or of `base_model_config`)."""
     from transformers import AutoConfig
 
     where = model.base_model_config or str(base.path)
@@ -366,7 +369,7 @@ def load_model(
 ) -> PreTrainedModel:
     """Load the base weights in `dtype` (quantized by `quantization`, a BitsAndBytesConfig),
     with embeddings resized for added tokens."""
-    config = _auto_config(model, base)
+    config = model_config(model, base)
     cls = resolve.model_class(model)
     expected = getattr(getattr(cls, "config_class", None), "model_type", None)
     if expected and config.model_type != expected:

@@ -1,0 +1,450 @@
+"""`tuner info`'s memory plan: how much memory one optimizer step needs, without loading
+any weights.
+
+What is read: config.json, the tokenizer, and the safetensors *headers* (dtype and shape of
+every tensor; the tensor data is never read). A `.gguf` / `pkg:` base is converted once into
+tuner's cache by `resolve_base`, as training would do. Parameter counts are exact: the model
+is built on the meta device from its config and tuner's own adapter code
+(`tuner.models.adapter.apply_adapter`) is applied to it, then `requires_grad` is counted.
+QLoRA / 8-bit count as LoRA on the unquantized shapes; their weight bytes are those of the
+quantized storage.
+
+The memory plan
+===============
+
+Sizes are for one process and one micro-batch of T = micro_batch_size x sequence_len token
+slots (every batch padded to sequence_len: the worst case) with K = micro_batch_size x
+(sequence_len - 1) positions reaching the output head (every position trained: the worst
+case). `a` is the compute dtype's size: 2 under bf16/fp16 autocast, 4 without mixed
+precision, as `tuner.train.precision.mixed_precision` resolves it here. h = hidden
+size, i = intermediate size, H = attention heads, d = head dim, S = sequence_len, V = vocabulary.
+
+weights
+    full fine-tuning: 4 B/param (fp32 master weights; autocast computes in `a`);
+    LoRA: the base in the compute dtype (`a` B/param), adapter weights fp32;
+    QLoRA: 0.5 B per linear weight of the decoder layers + block scales (NF4/FP4, blocks of
+    64: 1 B per block and 4 B per 256 blocks with double quantization, else 4 B per block);
+    8-bit: 1 B + one fp32 scale per output row; peft's k-bit preparation turns every other
+    weight (embeddings, norms) to fp32.
+gradients           4 B per trainable parameter (trainable weights are fp32 in every method).
+optimizer state     AdamW: exp_avg + exp_avg_sq, 8 B per trainable parameter.
+
+activations: what autograd saves for backward, per token of one decoder layer
+    Derived from how transformers' Llama layers save tensors and checked to the byte against
+    `torch.autograd.graph.saved_tensors_hooks` (tests/unit/test_info.py: full fine-tuning in
+    bf16 and fp32, eager attention, unfrozen_parameters, LoRA in bf16 and fp32, LoRA with
+    dropout on some targets, QLoRA). The layer is walked in order; what an operation keeps for
+    its input's gradient is counted only once a gradient can flow there (from a trainable
+    weight below or earlier in the layer), what it keeps for its weight's gradient whenever
+    that weight trains:
+      norms      each RMSNorm keeps its input in fp32 and 1/rms: 4h + 4; + 4h (the normalized
+                 tensor) when its weight trains.
+      linears    a linear keeps its input only when its weight trains or it has LoRA. Under
+                 autocast each keeps its own cast copy (a * in): q, k and v cast the fp32 norm
+                 output separately, and peft casts every LoRA input to fp32 and autocast casts
+                 it back. Without autocast the linears reading one tensor share it (4 * in,
+                 once). o_proj shares sdpa's saved output unless a LoRA cast copies it;
+                 down_proj keeps the gated product (a * i).
+      attention  sdpa: q, k, v and the output, a * H * d each (transformers repeats k and v
+                 to all heads when there is a mask, i.e. with packing or padding), 4 * H of
+                 logsumexp, and the additive mask the kernel builds from the boolean one,
+                 a * S. eager: q, k, v, the fp32 softmax and its `a` copy: (4 + a) * H * S.
+      MLP        gate output, act(gate) and up output (kept by the activation and the
+                 product): 3 * o * i, where o, a linear's output size, is `a` except on a
+                 k-bit base, whose bitsandbytes layers return the fp32 input dtype (o = 4).
+      LoRA       + a * r per adapted linear (lora_B's input); dropout: + 4 * in (the mask);
+                 DoRA: + 2 * o * out, and a * in * (in + r) per linear (peft's identity trick).
+    SmolLM2-135M at sequence_len 256, every linear trained or adapted: 32,428 B/token/layer
+    for full fine-tuning in bf16, 29,084 for LoRA, 38,300 for QLoRA.
+    Outside the layers: the final norm, the hidden states gathered at trained positions
+    (K * h in the final norm's dtype) with their indices, ids, rotary tables.
+    Gradient checkpointing: a layer keeps only its input (r * h, r the residual stream's size:
+    4 for full fine-tuning and k-bit bases, `a` for LoRA); backward recomputes one layer at a
+    time.
+autocast weight copies
+    Under autocast every fp32 matrix a matmul uses is cast to `a`: trainable ones once, cached
+    until the forward ends; frozen ones (unfrozen_parameters) at each use. Copies that a
+    layer's backward needs stay alive until it runs (without checkpointing). A head weight
+    that is not in the compute dtype is cast again for every loss chunk (a * V * h).
+loss logits
+    tuner's CausalLMLoss runs the head + cross-entropy on chunks of c = min(K, CHUNK_TOKENS)
+    positions, recomputed in backward. Forward holds the fp32 logits and their log-softmax
+    (8 B per logit); backward the saved log-softmax, the NLL gradient and the log-softmax
+    gradient: 12 * V * c bytes (+ 8 with Gemma's soft-cap). Models outside `PLAIN_HEAD` run
+    the full logits: the log-softmax of all T positions stays saved (4 * V * T) and backward
+    needs (12 + a) * V * T.
+the peak
+    A step's memory rises and falls; the plan takes the largest of these points, each on top of
+    the weights and the optimizer state (allocated by the first step, present from then on):
+      end of forward    activations + all weight copies + loss forward
+      backward start    activations + copies still saved + the first chunk's loss backward
+                        (usually the peak: every activation is still alive)
+      layer recompute   checkpoints + one layer's activations, copies and gradients
+      end of backward   gradients (+ the dense embedding gradient when embeddings are tied)
+      optimizer step    gradients (+ unfused AdamW's sqrt(exp_avg_sq))
+    With gradient accumulation the gradients stay alive through the later micro-batches.
+    total = runtime + weights + optimizer state + step overhead + the largest point.
+runtime and step overhead (the two fixed terms)
+    runtime: 0.5 GiB for the process itself (Python, torch, transformers, the tokenizer, the
+    prepared data): SmolLM2 runs measure 0.45-0.5 GiB of RSS before the model loads; a CUDA
+    context is of the same order. Step overhead: 48 MiB that a first step adds besides its
+    tensors (oneDNN kernel caches, the autograd graph's own objects, small blocks in malloc's
+    arenas): SmolLM2 steps of 16 tokens, where every tensor term is small, measure 40-60 MiB
+    of RSS above the tensors, for LoRA and full fine-tuning alike.
+
+Measured on SmolLM2 (tests/e2e/test_memory_plan.py: full fine-tuning, LoRA and QLoRA, with
+and without gradient checkpointing) the plan is within 2% of the peak RSS above the loaded
+model. Not modelled: sharding (FSDP / DeepSpeed divide weights, gradients and optimizer state
+over processes), torch.compile, mixture-of-experts routing (experts count as dense layers),
+CUDA kernels' own choices (the formulas follow torch's CPU kernels), and allocator
+overhead: glibc's malloc keeps freed blocks in its heap once its dynamic mmap threshold has
+grown, so on CPU RSS can read up to a third above the plan (`MALLOC_MMAP_THRESHOLD_=131072`
+makes RSS follow the tensors); CUDA's caching allocator has its own fragmentation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from tuner.config.schema import TunerConfig
+from tuner.errors import UserError
+from tuner.plan.facts import (
+    GiB,
+    MiB,
+    LayerInfo,
+    LinearInfo,
+    ModelFacts,
+    ParamFacts,
+    count_parameters,
+    describe_model,
+    dtype_bytes,
+    fmt_bytes,
+)
+
+RUNTIME_BYTES = GiB // 2
+STEP_OVERHEAD_BYTES = 48 * MiB
+
+
+@dataclass
+class Regime:
+    """The dtypes one training step runs in (see the module docstring)."""
+
+    precision: str  # bf16 | fp16 | no
+    a: int  # compute dtype bytes
+    autocast: bool
+    residual: int  # bytes of the residual stream
+    out: int  # bytes of a linear layer's output
+    final: int  # bytes of the final norm's output (the gathered hidden states)
+    full: bool  # full fine-tuning (fp32 master weights)
+    kbit: bool  # QLoRA / 8-bit base
+
+
+def regime(cfg: TunerConfig, precision: str) -> Regime:
+    a = dtype_bytes(precision)
+    autocast = precision != "no"
+    kbit = cfg.adapter.load_in_4bit or cfg.adapter.load_in_8bit
+    full = cfg.adapter.adapter is None
+    if full or kbit:
+        residual = final = 4  # fp32 master weights; k-bit: peft casts embeddings and norms to fp32
+    else:
+        residual = final = a  # LoRA: the base is held in the compute dtype
+    out = 4 if (kbit or not autocast) else a
+    return Regime(precision, a, autocast, residual, out, final, full, kbit)
+
+
+def layer_bytes_per_token(layer: LayerInfo, p: ParamFacts, r: Regime, seq: int, attn: str, mask: bool) -> int:
+    """Bytes one decoder layer saves for backward, per token (see the module docstring).
+
+    Walks the layer in order: norm, q/k/v, attention, o, norm, gate/up, MLP, down. What an
+    operation keeps for its *input's* gradient is saved only once a gradient can flow there
+    (from below, or from a trainable weight earlier in the layer); what it keeps for its own
+    weight's gradient is saved whenever that weight trains.
+    """
+    if not layer.active:
+        return 0
+    a, h, i = r.a, p.hidden, p.intermediate
+    alive = layer.flows_in
+    norms = iter(layer.norms)
+    by_role = {role: [lin for lin in layer.linears if lin.role == role]
+               for role in ("attn_in", "attn_out", "mlp_in", "mlp_out")}
+    total = 0
+
+    def norm() -> None:
+        nonlocal total, alive
+        trains = next(norms, False)
+        total += (4 * h + 4 if alive else 0) + (4 * h if trains else 0)
+        alive = alive or trains
+
+    def inputs(role: str) -> None:
+        nonlocal total, alive
+        members = [lin for lin in by_role[role] if lin.saves_input]
+        if members:
+            total += sum(a * lin.in_features for lin in members) if r.autocast else 4 * members[0].in_features
+        lora(by_role[role])
+        alive = alive or bool(members)
+
+    def lora(linears: list[LinearInfo]) -> None:
+        nonlocal total
+        for lin in linears:
+            if lin.lora_r:
+                total += (a if r.autocast else 4) * lin.lora_r  # lora_B's input
+                if lin.lora_dropout > 0 and alive:
+                    total += 4 * lin.in_features  # the dropout mask (kept only for the input's gradient)
+                if lin.dora:
+                    total += 2 * r.out * lin.out_features
+
+    norm()
+    inputs("attn_in")
+    if alive:
+        q = a * p.heads * p.head_dim
+        if attn == "eager":
+            total += 3 * q + (4 + a) * p.heads * seq
+        else:
+            kv_heads = p.heads if (mask and attn == "sdpa") else p.kv_heads
+            total += 2 * q + 2 * a * kv_heads * p.head_dim + 4 * p.heads + (a * seq if (mask and attn == "sdpa") else 0)
+    for lin in by_role["attn_out"]:
+        if lin.saves_input and (attn == "eager" or (r.autocast and lin.lora_r) or not alive):
+            total += a * lin.in_features  # a copy of the attention output (else shared with sdpa's)
+    lora(by_role["attn_out"])
+    alive = alive or any(lin.saves_input for lin in by_role["attn_out"])
+    norm()
+    inputs("mlp_in")
+    if alive:
+        total += (3 if p.gated_mlp else 1) * r.out * i
+    for lin in by_role["mlp_out"]:
+        if lin.saves_input:
+            total += (a if r.autocast else 4) * lin.in_features  # the gated product (or a cast copy of it)
+    lora(by_role["mlp_out"])
+    for _ in norms:  # extra norms (Gemma 2: pre/post feed-forward norms)
+        norm()
+    return total
+
+
+def layer_copy_bytes(layer: LayerInfo, r: Regime) -> tuple[int, int]:
+    """(cached, saved) bytes of autocast's compute-dtype copies of one layer's fp32 matrices.
+
+    Trainable fp32 matrices are cast once and cached for the whole forward (and saved for
+    backward); frozen fp32 matrices (full fine-tuning with unfrozen_parameters) are cast at
+    each use and saved only where a gradient flows through them.
+    """
+    if not (r.autocast and r.a < 4) or not layer.active:
+        return 0, 0
+    cached = saved = 0
+    for lin in layer.linears:
+        weight = lin.in_features * lin.out_features
+        if r.full and lin.weight_trains:
+            cached += r.a * weight
+        elif r.full and layer.flows_in:
+            saved += r.a * weight
+        if lin.lora_r:
+            cached += r.a * lin.lora_r * (lin.in_features + lin.out_features)
+    return cached, saved
+
+
+@dataclass
+class PlanLine:
+    name: str
+    bytes: int
+    note: str
+
+
+@dataclass
+class MemoryPlan:
+    precision: str
+    tokens: int  # token slots of one micro-batch
+    head_positions: int  # positions reaching the head in one micro-batch (worst case)
+    chunk: int
+    weights: int
+    gradients: int
+    optimizer: int
+    activations: int
+    weight_copies: int
+    loss: int
+    runtime: int
+    phases: dict[str, int]  # candidate peaks above weights + optimizer state
+    peak_phase: str
+    total: int
+    lines: list[PlanLine]
+    layer_saved: list[int]  # bytes per decoder layer (no checkpointing), for the tests
+    layer_copies: list[int]  # autocast weight copies per decoder layer (no checkpointing)
+    outside_saved: int  # saved outside the layers (final norm, gathered hidden states, ...)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def step(self) -> int:
+        """What one step adds to a process that holds the loaded model: total - runtime - weights."""
+        return self.total - self.runtime - self.weights
+
+
+def weight_bytes(cfg: TunerConfig, p: ParamFacts, r: Regime) -> tuple[int, str]:
+    a = cfg.adapter
+    adapter = 4 * p.adapter_params
+    base = p.base_total
+    if r.full:
+        return 4 * p.total, "fp32 master weights (4 B/param); autocast computes in " + (
+            "bf16" if r.precision == "bf16" else "fp16" if r.precision == "fp16" else "fp32")
+    if a.load_in_4bit:
+        quant = p.linear_weights
+        scales = quant / 64 + quant / (64 * 256) * 4 if a.bnb_4bit_use_double_quant else quant / 64 * 4
+        other = base - quant
+        total = int(quant / 2 + scales) + 4 * other + adapter + r.a * p.saved_modules_params
+        return total, (f"{quant:,} linear weights in 4 bit ({a.bnb_4bit_quant_type}, {quant / 2 / MiB:,.1f} MiB + "
+                       f"{scales / MiB:,.1f} MiB scales), {other:,} others fp32, adapter fp32")
+    if a.load_in_8bit:
+        quant = p.linear_weights
+        other = base - quant
+        total = quant + 4 * p.linear_rows + 4 * other + adapter + r.a * p.saved_modules_params
+        return total, f"{quant:,} linear weights in int8 (+ fp32 row scales), {other:,} others fp32, adapter fp32"
+    name = {2: "bf16" if r.precision == "bf16" else "fp16", 4: "fp32"}[r.a]
+    return r.a * base + adapter + r.a * p.saved_modules_params, f"base in {name} ({r.a} B/param), adapter fp32"
+
+
+def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
+    from tuner.train.loss import CHUNK_TOKENS, PLAIN_HEAD
+
+    t, d = cfg.training, cfg.data
+    r = regime(cfg, precision)
+    a = r.a
+    B, S = t.micro_batch_size, d.sequence_len
+    T = B * S
+    K = B * (S - 1)
+    h, V = p.hidden, p.vocab
+    attn = cfg.model.attn_implementation
+    mask = True  # packing (position ids restart) or padding: transformers builds a mask for sdpa
+    gc = t.gradient_checkpointing
+    model_type = p.model_type
+
+    weights, weights_note = weight_bytes(cfg, p, r)
+    grads = 4 * p.trainable
+    optimizer = 8 * p.trainable
+
+    # attention spans a row: sequence_len, or the whole micro-batch when it is flattened into one row
+    span = T if d.batch_flattening else S
+    layer_saved = [layer_bytes_per_token(layer, p, r, span, attn, mask) * T for layer in p.layers]
+    rope = 2 * T * p.head_dim * r.residual
+    final_norm = 4 * h + 4 + (4 * h if r.full else 0)
+    plain_head = model_type is None or model_type in PLAIN_HEAD
+    outside = T * (final_norm + 8 + 1) + rope + B * S * S
+    if plain_head:
+        outside += K * (h * r.final + 8)
+    if gc:
+        activations = sum(T * h * r.residual for layer in p.layers if layer.active) + outside
+    else:
+        activations = sum(layer_saved) + outside + a * p.dora_extra  # DoRA: eye(in) and lora_A(eye) per linear
+
+    # autocast copies of fp32 weights: cached for the forward, kept while saved
+    layer_copies = [layer_copy_bytes(layer, r) for layer in p.layers]
+    cached = sum(c for c, _ in layer_copies)
+    copies = cached + sum(s for _, s in layer_copies)
+    head_weight_bytes = 4 if (r.full or r.kbit) else a
+    head_copy = a * p.head_params if (r.autocast and head_weight_bytes != a) else 0
+
+    softcap = 8 if p.softcap else 0
+    if plain_head:
+        chunk = min(K, CHUNK_TOKENS)
+        loss_fwd = (8 + softcap) * V * chunk
+        loss_bwd = (12 + softcap) * V * chunk
+        loss_saved = 0
+    else:
+        chunk = T
+        loss_saved = 4 * V * T
+        loss_fwd = (8 + a) * V * T
+        loss_bwd = 12 * V * T + a * V * T
+    chunks = math.ceil(K / chunk) if plain_head else 1
+    head_grad = 4 * p.head_params if p.head_trains else 0
+    accumulated = grads if t.gradient_accumulation_steps > 1 else 0
+    in_flight = accumulated or (head_grad if chunks > 1 else 0)
+
+    phases = {
+        "end of forward": activations + loss_saved + (cached if gc else copies) + head_copy + loss_fwd + accumulated,
+        "backward start": activations + (0 if gc else copies) + head_copy + loss_bwd + in_flight,
+        "end of backward": grads + (4 * V * h if (p.tied and p.embed_trains) else 0),
+        "optimizer step": grads + optimizer_temporaries(t.optimizer, p),
+    }
+    if gc:
+        layer = max(layer_saved, default=0)
+        per_layer_copies = max((c + s for c, s in layer_copies), default=0)
+        transient = T * (2 * h * r.residual + 4 * r.out * p.intermediate)
+        phases["layer recompute"] = activations + layer + per_layer_copies + transient + (accumulated or head_grad)
+    if r.kbit:
+        dequant = a * p.largest_linear  # bitsandbytes dequantizes one weight at a time
+        for key in ("end of forward", "backward start"):
+            phases[key] += dequant
+    peak_phase = max(phases, key=phases.get)
+    total = RUNTIME_BYTES + weights + optimizer + phases[peak_phase] + STEP_OVERHEAD_BYTES
+
+    lines = [
+        PlanLine("runtime", RUNTIME_BYTES, "Python, torch, tokenizer, data (fixed)"),
+        PlanLine("weights", weights, weights_note),
+        PlanLine("gradients", grads, f"fp32, {p.trainable:,} trainable parameters"),
+        PlanLine("optimizer state", optimizer, f"AdamW ({t.optimizer}): exp_avg + exp_avg_sq, fp32"),
+    ]
+    per_token = max(layer_saved, default=0) // T if T else 0
+    if gc:
+        act_note = (f"gradient checkpointing: {sum(1 for x in p.layers if x.active)} layer inputs x {h} x "
+                    f"{r.residual} B x {T:,} tokens; one layer ({fmt_bytes(max(layer_saved, default=0))}) recomputed at a time")
+    else:
+        act_note = (f"{sum(1 for x in p.layers if x.active)} layers x {per_token:,} B/token x {T:,} tokens "
+                    f"+ {fmt_bytes(outside)} outside the layers")
+    lines.append(PlanLine("activations", activations, act_note))
+    if copies or head_copy:
+        lines.append(PlanLine("weight copies", copies + head_copy,
+                              f"autocast's {'bf16' if a == 2 else 'compute-dtype'} copies of fp32 weights"
+                              + (" (dropped after forward: checkpointing)" if gc and copies else "")))
+    if plain_head:
+        loss_note = (f"head + cross-entropy on {chunks} chunk(s) of {chunk:,} positions x {V:,} vocabulary, "
+                     f"recomputed in backward: {12 + softcap} B per logit")
+    else:
+        loss_note = f"full logits ({model_type} is not in tuner's gathered-head list): {V:,} x {T:,} positions"
+    lines.append(PlanLine("loss logits", loss_bwd, loss_note))
+    lines.append(PlanLine("step overhead", STEP_OVERHEAD_BYTES,
+                          "kernel caches, autograd bookkeeping, small allocations (fixed)"))
+    others = "; ".join(f"{k} {fmt_bytes(v)}" for k, v in phases.items() if k != peak_phase)
+    lines.append(PlanLine(
+        "total", total,
+        f"runtime + weights + optimizer state + step overhead + the largest point of the step: {peak_phase} "
+        f"{fmt_bytes(phases[peak_phase])} (others: {others})",
+    ))
+    notes = []
+    if t.gradient_accumulation_steps > 1:
+        notes.append(f"gradient accumulation ({t.gradient_accumulation_steps}): gradients stay alive through the micro-batches")
+    if t.fsdp or t.deepspeed is not None:
+        notes.append("FSDP / DeepSpeed shard weights, gradients and optimizer state over processes: not modelled (one process, unsharded)")
+    if t.torch_compile:
+        notes.append("torch_compile: not modelled (on CPU a compiled step used ~0.7x the eager step memory)")
+    return MemoryPlan(
+        precision=precision, tokens=T, head_positions=K, chunk=chunk, weights=weights, gradients=grads,
+        optimizer=optimizer, activations=activations, weight_copies=copies + head_copy, loss=loss_bwd,
+        runtime=RUNTIME_BYTES, phases=phases, peak_phase=peak_phase, total=total, lines=lines,
+        layer_saved=layer_saved, layer_copies=[c + s for c, s in layer_copies], outside_saved=outside, notes=notes,
+    )
+
+
+def optimizer_temporaries(name: str, p: ParamFacts) -> int:
+    """Fused AdamW updates in place. The unfused one computes sqrt(exp_avg_sq) as a new tensor:
+    one parameter at a time on CPU, for all of them at once (foreach) on CUDA."""
+    if name == "adamw_torch_fused":
+        return 0
+    import torch
+
+    return 4 * (p.trainable if torch.cuda.is_available() else p.largest_trainable)
+
+
+def resolve_precision(cfg: TunerConfig) -> tuple[str, str | None]:
+    """(precision, note): as the training loop resolves it on this machine."""
+    from tuner.train.precision import mixed_precision
+
+    try:
+        return mixed_precision(cfg.training), None
+    except UserError as err:
+        t = cfg.training
+        wanted = "fp16" if t.fp16 is True else "bf16"
+        return wanted, f"planned for {wanted} as configured, but training on this machine would stop: {err}"
+
+
+def memory_plan(cfg: TunerConfig, facts: ModelFacts | None = None, params: ParamFacts | None = None) -> MemoryPlan:
+    """The memory plan of `cfg` (describes the model and counts parameters when not given)."""
+    facts = facts or describe_model(cfg)
+    params = params or count_parameters(cfg, facts)
+    return plan_memory(cfg, params, resolve_precision(cfg)[0])
