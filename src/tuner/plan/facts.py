@@ -399,29 +399,7 @@ def count_parameters(cfg: TunerConfig, facts: ModelFacts) -> ParamFacts:
         info.active = flowing or info.trains
         flowing = flowing or info.trains
 
-    if a.adapter:
-        lora_names = sorted({n.rsplit(".lora_A", 1)[0] for n, _ in named if ".lora_A." in n})
-        targets = _summarise(lora_names)
-        extra = [f"{m} (trained in full)" for m in a.lora_modules_to_save or []]
-        if a.peft_trainable_token_indices:
-            extra.append(f"trainable token rows {a.peft_trainable_token_indices}")
-        kind = "QLoRA" if a.adapter == "qlora" else ("LoRA on an 8-bit base" if a.load_in_8bit else "LoRA")
-        if a.peft_use_dora:
-            kind = f"DoRA ({kind})"
-        method = f"{kind}, r={a.lora_r}, alpha={a.lora_alpha:g}" + (", rsLoRA" if a.peft_use_rslora else "")
-        if a.lora_model_dir:
-            method += f", continuing {a.lora_model_dir}"
-        target_count = len(lora_names)
-        targets += extra
-    else:
-        unfrozen = [n for n, p in named if p.requires_grad]
-        if a.unfrozen_parameters:
-            method = f"full fine-tuning of unfrozen_parameters {a.unfrozen_parameters}"
-            targets = _summarise(unfrozen)
-        else:
-            method = "full fine-tuning (every parameter)"
-            targets = ["all parameters"]
-        target_count = len(unfrozen)
+    method, targets, target_count = describe_method(a, named)
 
     dora_extra = sum(
         lin.in_features * (lin.in_features + lin.lora_r) for info in infos for lin in info.linears if lin.dora
@@ -448,3 +426,32 @@ def count_parameters(cfg: TunerConfig, facts: ModelFacts) -> ParamFacts:
         dora_extra=dora_extra, largest_trainable=largest, largest_linear=largest_linear,
         model_type=getattr(c, "model_type", None), softcap=getattr(text, "final_logit_softcapping", None),
     )
+
+
+def describe_method(a: Any, named: list[tuple[str, Any]]) -> tuple[str, list[str], int]:
+    """(how the model trains, the trained module names summarised, how many modules) for the
+    AdapterBlock `a` and the adapted model's named parameters."""
+    if a.adapter:
+        lora_names = sorted({n.rsplit(".lora_A", 1)[0] for n, _ in named if ".lora_A." in n})
+        targets = _summarise(lora_names)
+        extra = [f"{m} (trained in full)" for m in a.lora_modules_to_save or []]
+        if a.peft_trainable_token_indices:
+            extra.append(f"trainable token rows {a.peft_trainable_token_indices}")
+        kind = "QLoRA" if a.adapter == "qlora" else ("LoRA on an 8-bit base" if a.load_in_8bit else "LoRA")
+        if a.peft_use_dora:
+            kind = f"DoRA ({kind})"
+        method = f"{kind}, r={a.lora_r}, alpha={a.lora_alpha:g}" + (", rsLoRA" if a.peft_use_rslora else "")
+        if a.lora_model_dir:
+            method += f", continuing {a.lora_model_dir}"
+        target_count = len(lora_names)
+        targets += extra
+    else:
+        unfrozen = [n for n, p in named if p.requires_grad]
+        if a.unfrozen_parameters:
+            method = f"full fine-tuning of unfrozen_parameters {a.unfrozen_parameters}"
+            targets = _summarise(unfrozen)
+        else:
+            method = "full fine-tuning (every parameter)"
+            targets = ["all parameters"]
+        target_count = len(unfrozen)
+    return method, targets, target_count

@@ -301,7 +301,7 @@ def weight_bytes(cfg: TunerConfig, p: ParamFacts, r: Regime) -> tuple[int, str]:
 
 
 def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
-    from tuner.train.loss import CHUNK_TOKENS, PLAIN_HEAD
+    from tuner.train.loss import PLAIN_HEAD
 
     t, d = cfg.training, cfg.data
     r = regime(cfg, precision)
@@ -340,18 +340,8 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
     head_weight_bytes = 4 if (r.full or r.kbit) else a
     head_copy = a * p.head_params if (r.autocast and head_weight_bytes != a) else 0
 
-    softcap = 8 if p.softcap else 0
-    if plain_head:
-        chunk = min(K, CHUNK_TOKENS)
-        loss_fwd = (8 + softcap) * V * chunk
-        loss_bwd = (12 + softcap) * V * chunk
-        loss_saved = 0
-    else:
-        chunk = T
-        loss_saved = 4 * V * T
-        loss_fwd = (8 + a) * V * T
-        loss_bwd = 12 * V * T + a * V * T
-    chunks = math.ceil(K / chunk) if plain_head else 1
+    loss = loss_terms(p, r, T, K, plain_head)
+    chunk, chunks, loss_fwd, loss_bwd, loss_saved = loss.chunk, loss.chunks, loss.forward, loss.backward, loss.saved
     head_grad = 4 * p.head_params if p.head_trains else 0
     accumulated = grads if t.gradient_accumulation_steps > 1 else 0
     in_flight = accumulated or (head_grad if chunks > 1 else 0)
@@ -374,9 +364,53 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
     peak_phase = max(phases, key=phases.get)
     total = RUNTIME_BYTES + weights + optimizer + phases[peak_phase] + STEP_OVERHEAD_BYTES
 
+    plan = MemoryPlan(
+        precision=precision, tokens=T, head_positions=K, chunk=chunk, weights=weights, gradients=grads,
+        optimizer=optimizer, activations=activations, weight_copies=copies + head_copy, loss=loss_bwd,
+        runtime=RUNTIME_BYTES, phases=phases, peak_phase=peak_phase, total=total, lines=[],
+        layer_saved=layer_saved, layer_copies=[c + s for c, s in layer_copies], outside_saved=outside,
+    )
+    plan.lines, plan.notes = describe(plan, cfg, p, r, weights_note, loss)
+    return plan
+
+
+@dataclass
+class LossTerms:
+    chunk: int  # positions per head + cross-entropy chunk
+    chunks: int
+    forward: int  # bytes while a chunk's forward runs
+    backward: int  # bytes while a chunk's backward runs
+    saved: int  # kept from forward to backward (full logits only)
+    plain_head: bool
+    softcap: int  # extra bytes per logit for Gemma's soft-cap
+
+
+def loss_terms(p: ParamFacts, r: Regime, T: int, K: int, plain_head: bool) -> LossTerms:
+    """The head + cross-entropy: tuner's gathered, chunked loss, or the model's full logits."""
+    from tuner.train.loss import CHUNK_TOKENS
+
+    V, a = p.vocab, r.a
+    softcap = 8 if p.softcap else 0
+    if plain_head:
+        chunk = min(K, CHUNK_TOKENS)
+        return LossTerms(chunk, math.ceil(K / chunk), (8 + softcap) * V * chunk, (12 + softcap) * V * chunk, 0,
+                         True, softcap)
+    return LossTerms(T, 1, (8 + a) * V * T, 12 * V * T + a * V * T, 4 * V * T, False, softcap)
+
+
+def describe(plan: MemoryPlan, cfg: TunerConfig, p: ParamFacts, r: Regime, weights_note: str,
+             loss: LossTerms) -> tuple[list[PlanLine], list[str]]:
+    """The plan's lines as `tuner info` prints them, and its notes."""
+    t = cfg.training
+    T, V, h, a = plan.tokens, p.vocab, p.hidden, r.a
+    gc = t.gradient_checkpointing
+    layer_saved, outside, activations = plan.layer_saved, plan.outside_saved, plan.activations
+    copies, peak_phase, phases = plan.weight_copies, plan.peak_phase, plan.phases
+    grads, optimizer, total = plan.gradients, plan.optimizer, plan.total
+    chunk, chunks, softcap, loss_bwd = loss.chunk, loss.chunks, loss.softcap, loss.backward
     lines = [
         PlanLine("runtime", RUNTIME_BYTES, "Python, torch, tokenizer, data (fixed)"),
-        PlanLine("weights", weights, weights_note),
+        PlanLine("weights", plan.weights, weights_note),
         PlanLine("gradients", grads, f"fp32, {p.trainable:,} trainable parameters"),
         PlanLine("optimizer state", optimizer, f"AdamW ({t.optimizer}): exp_avg + exp_avg_sq, fp32"),
     ]
@@ -388,15 +422,15 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
         act_note = (f"{sum(1 for x in p.layers if x.active)} layers x {per_token:,} B/token x {T:,} tokens "
                     f"+ {fmt_bytes(outside)} outside the layers")
     lines.append(PlanLine("activations", activations, act_note))
-    if copies or head_copy:
-        lines.append(PlanLine("weight copies", copies + head_copy,
+    if copies:
+        lines.append(PlanLine("weight copies", copies,
                               f"autocast's {'bf16' if a == 2 else 'compute-dtype'} copies of fp32 weights"
                               + (" (dropped after forward: checkpointing)" if gc and copies else "")))
-    if plain_head:
+    if loss.plain_head:
         loss_note = (f"head + cross-entropy on {chunks} chunk(s) of {chunk:,} positions x {V:,} vocabulary, "
                      f"recomputed in backward: {12 + softcap} B per logit")
     else:
-        loss_note = f"full logits ({model_type} is not in tuner's gathered-head list): {V:,} x {T:,} positions"
+        loss_note = f"full logits ({p.model_type} is not in tuner's gathered-head list): {V:,} x {T:,} positions"
     lines.append(PlanLine("loss logits", loss_bwd, loss_note))
     lines.append(PlanLine("step overhead", STEP_OVERHEAD_BYTES,
                           "kernel caches, autograd bookkeeping, small allocations (fixed)"))
@@ -413,12 +447,7 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
         notes.append("FSDP / DeepSpeed shard weights, gradients and optimizer state over processes: not modelled (one process, unsharded)")
     if t.torch_compile:
         notes.append("torch_compile: not modelled (on CPU a compiled step used ~0.7x the eager step memory)")
-    return MemoryPlan(
-        precision=precision, tokens=T, head_positions=K, chunk=chunk, weights=weights, gradients=grads,
-        optimizer=optimizer, activations=activations, weight_copies=copies + head_copy, loss=loss_bwd,
-        runtime=RUNTIME_BYTES, phases=phases, peak_phase=peak_phase, total=total, lines=lines,
-        layer_saved=layer_saved, layer_copies=[c + s for c, s in layer_copies], outside_saved=outside, notes=notes,
-    )
+    return lines, notes
 
 
 def optimizer_temporaries(name: str, p: ParamFacts) -> int:

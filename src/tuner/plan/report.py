@@ -51,13 +51,11 @@ def fit_line(plan: MemoryPlan, cfg: TunerConfig, size: int, what: str) -> str:
 
 def data_lines(cfg: TunerConfig, facts: ModelFacts) -> list[str]:
     """Rows, tokens and steps from the prepared-dataset cache, when it is there (never prepares)."""
-    import numpy as np
-
     from tuner.data import cache, templates
+    from tuner.data.labels import trained_count
     from tuner.data.load import local_sources
     from tuner.data.pack import Batches
     from tuner.data.pipeline import split_eval
-    from tuner.data.tokenize import IGNORE
     from tuner.train.step_plan import StepPlan
 
     d, t = cfg.data, cfg.training
@@ -89,7 +87,7 @@ def data_lines(cfg: TunerConfig, facts: ModelFacts) -> list[str]:
     plan = StepPlan.build(batches.units, t, 1)
     tokens = sum(batches.lengths)
     labels = train.with_format("numpy")["labels"]
-    trained = int(sum(int((np.asarray(lab)[1:] != IGNORE).sum()) for lab in labels))
+    trained = trained_count(labels)
     lines = [
         f"prepared     {root / fp}",
         f"rows         {stats.get('rows', rows.num_rows):,} prepared; {train.num_rows:,} train, {n_eval}",

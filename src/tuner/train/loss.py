@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from tuner.data.tokenize import IGNORE
+from tuner.data.labels import IGNORE, trained_count
 
 # model_type -> the head is `lm_head(hidden)` (+ optional final_logit_softcapping): known to be
 # safe for the gathered path. Others use the full forward (still correct, just slower).
@@ -32,8 +32,8 @@ CHUNK_TOKENS = 2048
 
 
 def trained_token_count(labels: torch.Tensor) -> int:
-    """Tokens whose loss counts: labels after the shift that are not -100."""
-    return int((labels[:, 1:] != IGNORE).sum())
+    """Tokens whose loss counts: labels after the shift that are not -100 (tuner.data.labels)."""
+    return trained_count(labels)
 
 
 def shifted_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
