@@ -153,7 +153,7 @@ def regime(cfg: TunerConfig, precision: str) -> Regime:
     return Regime(precision, a, autocast, residual, out, final, full, kbit)
 
 
-def layer_bytes_per_token(layer: LayerInfo, p: ParamFacts, r: Regime, seq: int, attn: str, mask: bool) -> int:
+def layer_bytes_per_token(layer: LayerInfo, p: ParamFacts, r: Regime, seq: int, attn: str) -> int:
     """Bytes one decoder layer saves for backward, per token (see the module docstring).
 
     Walks the layer in order: norm, q/k/v, attention, o, norm, gate/up, MLP, down. What an
@@ -201,8 +201,10 @@ def layer_bytes_per_token(layer: LayerInfo, p: ParamFacts, r: Regime, seq: int, 
         if attn == "eager":
             total += 3 * q + (4 + a) * p.heads * seq
         else:
-            kv_heads = p.heads if (mask and attn == "sdpa") else p.kv_heads
-            total += 2 * q + 2 * a * kv_heads * p.head_dim + 4 * p.heads + (a * seq if (mask and attn == "sdpa") else 0)
+            # tuner's batches always carry a mask under sdpa (padding, or packed position_ids): transformers
+            # then repeats k and v to every head, and the kernel builds an additive mask of the row's length
+            kv_heads = p.heads if attn == "sdpa" else p.kv_heads
+            total += 2 * q + 2 * a * kv_heads * p.head_dim + 4 * p.heads + (a * seq if attn == "sdpa" else 0)
     for lin in by_role["attn_out"]:
         if lin.saves_input and (attn == "eager" or (r.autocast and lin.lora_r) or not alive):
             total += a * lin.in_features  # a copy of the attention output (else shared with sdpa's)
@@ -311,7 +313,6 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
     K = B * (S - 1)
     h, V = p.hidden, p.vocab
     attn = cfg.model.attn_implementation
-    mask = True  # packing (position ids restart) or padding: transformers builds a mask for sdpa
     gc = t.gradient_checkpointing
     model_type = p.model_type
 
@@ -321,7 +322,7 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
 
     # attention spans a row: sequence_len, or the whole micro-batch when it is flattened into one row
     span = T if d.batch_flattening else S
-    layer_saved = [layer_bytes_per_token(layer, p, r, span, attn, mask) * T for layer in p.layers]
+    layer_saved = [layer_bytes_per_token(layer, p, r, span, attn) * T for layer in p.layers]
     rope = 2 * T * p.head_dim * r.residual
     final_norm = 4 * h + 4 + (4 * h if r.full else 0)
     plain_head = model_type is None or model_type in PLAIN_HEAD
