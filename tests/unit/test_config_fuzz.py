@@ -83,13 +83,19 @@ LEGAL = {
 }
 LORA_LEGAL = {"lora_r": st.integers(1, 512), "lora_alpha": st.integers(1, 1024), "lora_dropout": st.floats(0, 0.9)}
 
+# Each entry conflicts when applied to the first valid config, and must be refused with a
+# message naming one of its keys (test_every_conflict_is_refused_naming_its_key).
 CONFLICTS = [
     {"bf16": True, "fp16": True},
-    {"lora_r": 8},  # without adapter (in the first config)
+    {"lora_r": 8},  # without adapter: refused even at its default, so no silent full fine-tune
+    {"lora_alpha": 16, "lora_dropout": 0.0},
     {"warmup_steps": 5, "warmup_ratio": 0.1},
     {"eval_steps": 5, "val_set_size": 0},
     {"adapter": "lora", "lora_target_linear": None, "lora_target_modules": None},
     {"max_steps": None, "num_epochs": None},
+    {"save_steps": 10, "saves_per_epoch": 2},
+    {"eval_steps": 10, "evals_per_epoch": 2, "val_set_size": 0.1},
+    {"flash_attention": True, "attn_implementation": "sdpa"},
 ]
 
 WRONG_VALUES = st.one_of(
@@ -159,6 +165,21 @@ def mutation(draw):
     return kinds, cfg
 
 
+@pytest.mark.parametrize("conflict", CONFLICTS, ids=["+".join(c) for c in CONFLICTS])
+def test_every_conflict_is_refused_naming_its_key(conflict):
+    cfg = dict(VALID[0])
+    for key, value in conflict.items():
+        if value is None:
+            cfg.pop(key, None)
+        else:
+            cfg[key] = value
+    with pytest.raises(ConfigError) as info:
+        validate_raw(parse_yaml(yaml.safe_dump(cfg, sort_keys=False), "conflict.yml"))
+    named = [line for line in info.value.lines if any(line.startswith(key) for key in conflict)]
+    assert named, f"{conflict}: refused, but no message names its keys: {info.value.lines}"
+    COUNTS["conflict (each entry): rejected naming the key"] += 1
+
+
 def check(text: str) -> TunerConfig | None:
     """Validate in-process: a config, or None for a clean user error. Anything else fails."""
     try:
@@ -181,6 +202,8 @@ def test_mutated_configs_are_accepted_or_clean_errors(case):
     COUNTS[f"{category}: {'accepted' if result else 'rejected'}"] += 1
     if set(kinds) == {"valid"}:
         assert result is not None, f"a legal change was rejected:\n{text}"
+    if set(kinds) == {"conflict"} and cfg.get("base_model") == VALID[0]["base_model"]:
+        assert result is None, f"a conflict was accepted:\n{text}"  # each entry conflicts with VALID[0]
 
 
 @settings(max_examples=1200, deadline=None, suppress_health_check=list(HealthCheck))

@@ -7,8 +7,11 @@ Nothing here imports torch or transformers.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+import os
 import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,10 +19,13 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from tuner.config import axolotl_keys
+from tuner.config import axolotl_keys, compat, dataset_types
 from tuner.config.schema import (
     BLOCKS,
     DatasetConfig,
+    FSDPConfig,
+    GradientCheckpointingKwargs,
+    Notice,
     Problem,
     SpecialTokens,
     TunerConfig,
@@ -31,6 +37,9 @@ from tuner.errors import UserError, did_you_mean
 
 KeyPath = tuple[Any, ...]
 COMMAND_LINE = "command line"
+# A check the caller adds to validation (the CLI passes the class-name check of
+# tuner.models.resolve, which config may not import): the raw top-level mapping -> problems.
+Check = Callable[[dict[str, Any]], list[Problem]]
 
 
 class ConfigError(UserError):
@@ -51,6 +60,7 @@ class RawConfig:
     data: dict[str, Any]
     source: str
     lines: dict[KeyPath, int | str] = field(default_factory=dict)
+    notices: list[Notice] = field(default_factory=list)  # e.g. duplicate keys (the last one wins)
 
     def where(self, path: KeyPath) -> str:
         """'line 12' / 'command line' for the key path, or its nearest parent that has one."""
@@ -83,27 +93,28 @@ def parse_yaml(text: str, source: str) -> RawConfig:
     if not isinstance(data, dict):
         raise ConfigError(source, [f"the top level must be a mapping of keys to values, got {type(data).__name__}"])
     lines: dict[KeyPath, int | str] = {}
-    problems: list[str] = []
-    _record_lines(node, (), lines, problems)
-    if problems:
-        raise ConfigError(source, problems)
-    return RawConfig(data=data, source=source, lines=lines)
+    notices: list[Notice] = []
+    _record_lines(node, (), lines, notices)
+    return RawConfig(data=data, source=source, lines=lines, notices=notices)
 
 
-def _record_lines(node: yaml.Node, path: KeyPath, lines: dict, problems: list[str]) -> None:
+def _record_lines(node: yaml.Node, path: KeyPath, lines: dict, notices: list[Notice]) -> None:
+    """The line of every key; a key written twice in one mapping keeps its last value (as PyYAML and
+    Axolotl read it), with a warning naming both lines."""
     if isinstance(node, yaml.MappingNode):
-        seen: set[Any] = set()
         for key_node, value_node in node.value:
             key = key_node.value
-            if key in seen:
-                problems.append(f"{_fmt_path(path + (key,))} (line {key_node.start_mark.line + 1}): duplicate key")
-            seen.add(key)
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            _record_lines(value_node, path + (key,), lines, problems)
+            line = key_node.start_mark.line + 1
+            if path + (key,) in lines:
+                first = lines[path + (key,)]
+                notices.append(Notice(f"{_fmt_path(path + (key,))} (line {line})", "warning",
+                                      f"duplicate key: also on line {first}; the last value (line {line}) wins"))
+            lines[path + (key,)] = line
+            _record_lines(value_node, path + (key,), lines, notices)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             lines[path + (i,)] = item.start_mark.line + 1
-            _record_lines(item, path + (i,), lines, problems)
+            _record_lines(item, path + (i,), lines, notices)
 
 
 def load_raw(path: str | Path) -> RawConfig:
@@ -214,9 +225,8 @@ def _unknown_key_problems(
                 # Asks for nothing beyond Axolotl's default: accepted, and it changes nothing.
                 del mapping[key]
                 continue
-            problems.append(
-                Problem(path, f"{_show(value)}: an Axolotl key tuner does not support yet; remove it (or leave it empty)")
-            )
+            problems.append(Problem(path, f"{_show(value)}: not supported yet: an Axolotl key tuner does not support "
+                                          "yet; remove it (or leave it empty)"))
         else:
             hint = did_you_mean(key, sorted(known))
             problems.append(Problem(path, f"unknown {what} key.{hint or ' See docs/config.md for the keys tuner reads.'}"))
@@ -280,11 +290,13 @@ def _reason(e: dict) -> str:
 def _pydantic_problems(err: ValidationError, data: dict) -> list[Problem]:
     """One problem per key: the value, and every way it could have been valid."""
     by_path: dict[KeyPath, list[dict]] = {}
+    problems = []
+    extra = []
     for e in err.errors(include_url=False):
         if e["type"] == "extra_forbidden":
+            extra.append(Problem(_data_path(e["loc"], data), "unknown key."))
             continue  # reported by _unknown_key_problems, with a did-you-mean
         by_path.setdefault(_data_path(e["loc"], data), []).append(e)
-    problems = []
     for path, errors in by_path.items():
         if any(e["type"] == "missing" for e in errors):
             problems.append(Problem(path, "required key is missing"))
@@ -296,7 +308,7 @@ def _pydantic_problems(err: ValidationError, data: dict) -> list[Problem]:
         if isinstance(value, str) and choices:
             msg += did_you_mean(value, choices)
         problems.append(Problem(path, msg))
-    return problems
+    return problems or extra  # `extra` only where no mapping of its own reported the unknown key
 
 
 def _check_numbers(data: Any, path: KeyPath = ()) -> list[Problem]:
@@ -310,48 +322,23 @@ def _check_numbers(data: Any, path: KeyPath = ()) -> list[Problem]:
     return []
 
 
-def validate_raw(raw: RawConfig, check_class_names: bool = True) -> TunerConfig:
-    """Route flat keys to blocks, validate each, then check cross-field rules."""
+def validate_raw(raw: RawConfig, checks: Sequence[Check] = ()) -> TunerConfig:
+    """Translate Axolotl's legacy keys, route flat keys to blocks, validate each, then check
+    cross-field rules and run `checks`. The config's `notices` say what was renamed, what is not
+    applied and what to look at; problems raise one ConfigError listing them all."""
     data = dict(raw.data)
+    lines = dict(raw.lines)
     problems: list[Problem] = _check_numbers(data)
-
-    known_top = {k for block in BLOCKS.values() for k in block.model_fields}
-    problems += _unknown_key_problems(data, known_top, axolotl_keys.TOP_LEVEL, (), "top-level")
-
-    # Nested mappings with their own unknown-key handling.
-    for key in ("datasets", "test_datasets"):
-        if isinstance(data.get(key), list):
-            data[key] = [dict(d) if isinstance(d, dict) else d for d in data[key]]
-            for i, ds in enumerate(data[key]):
-                if not isinstance(ds, dict):
-                    continue
-                problems += _unknown_key_problems(
-                    ds, set(DatasetConfig.model_fields), axolotl_keys.DATASET, (key, i), "dataset"
-                )
-                if isinstance(ds.get("type"), dict):
-                    ds["type"] = dict(ds["type"])
-                    problems += _unknown_key_problems(
-                        ds["type"], set(UserDefinedFormat.model_fields), axolotl_keys.USER_DEFINED_FORMAT,
-                        (key, i, "type"), "user-defined format",
-                    )
-    if isinstance(data.get("fsdp_config"), dict):
-        from tuner.config.schema import FSDPConfig
-
-        data["fsdp_config"] = dict(data["fsdp_config"])
-        problems += _unknown_key_problems(
-            data["fsdp_config"], set(FSDPConfig.model_fields), axolotl_keys.FSDP_CONFIG, ("fsdp_config",), "fsdp_config"
-        )
-    if isinstance(data.get("special_tokens"), dict):
-        data["special_tokens"] = dict(data["special_tokens"])
-        problems += _unknown_key_problems(
-            data["special_tokens"], set(SpecialTokens.model_fields), axolotl_keys.SPECIAL_TOKENS, ("special_tokens",),
-            "special_tokens",
-        )
-
-    if check_class_names:
-        from tuner.models.resolve import class_name_problems
-
-        problems += class_name_problems(data.get("model_type"), data.get("tokenizer_type"))
+    notices = list(raw.notices)
+    for remark in compat.translate(data, lines) + _dataset_remarks(data):
+        if remark.kind == "error":
+            problems.append(Problem(remark.path, remark.message))
+        else:
+            notices.append(Notice(_key(lines, remark.path), remark.kind, remark.message))
+    where = RawConfig(data, raw.source, lines)
+    problems += _all_unknown_key_problems(data)
+    for check in checks:
+        problems += check(data)
 
     blocks: dict[str, BaseModel] = {}
     for name, block in BLOCKS.items():
@@ -365,8 +352,110 @@ def validate_raw(raw: RawConfig, check_class_names: bool = True) -> TunerConfig:
         cfg = TunerConfig(**blocks)
         problems += check_rules(cfg)
         if not problems:
+            cfg._notices = tuple(notices + [Notice(_key(lines, r.path), r.kind, r.message) for r in _after(cfg)])
             return cfg
-    raise ConfigError(raw.source, [f"{_fmt_path(p.path)}{_at(raw, p.path)}: {p.message}" for p in _sorted(raw, problems)])
+    said = {p.path for p in problems if p.message != "unknown key."}
+    problems = [p for p in problems if p.message != "unknown key." or p.path not in said]
+    raise ConfigError(raw.source, [f"{_fmt_path(p.path)}{_at(where, p.path)}: {p.message}" for p in _sorted(where, problems)])
+
+
+def _key(lines: dict[KeyPath, Any], path: KeyPath) -> str:
+    return f"{_fmt_path(path)}{_at(RawConfig({}, '', lines), path)}"
+
+
+def _dataset_remarks(data: dict[str, Any]) -> list[compat.Remark]:
+    """Legacy dataset spellings (`type: sharegpt`, `message_field_role`, ...) rewritten by
+    dataset_types.rewrite_legacy, each with its notice."""
+    out = []
+    for key in ("datasets", "test_datasets"):
+        if not isinstance(data.get(key), list):
+            continue
+        entries = []
+        for i, entry in enumerate(data[key]):
+            if isinstance(entry, dict):
+                entry, found = dataset_types.rewrite_legacy(entry)
+                out += [compat.Remark((key, i, name), "renamed", message) for name, message in found]
+            entries.append(entry)
+        data[key] = entries
+    return out
+
+
+def _all_unknown_key_problems(data: dict[str, Any]) -> list[Problem]:
+    """Unknown keys at the top level and in the nested mappings that have their own schema."""
+    known_top = {k for block in BLOCKS.values() for k in block.model_fields}
+    problems = _unknown_key_problems(data, known_top, axolotl_keys.TOP_LEVEL, (), "top-level")
+    for key in ("datasets", "test_datasets"):
+        if not isinstance(data.get(key), list):
+            continue
+        data[key] = [dict(d) if isinstance(d, dict) else d for d in data[key]]
+        for i, ds in enumerate(data[key]):
+            if not isinstance(ds, dict):
+                continue
+            problems += _unknown_key_problems(ds, set(DatasetConfig.model_fields), axolotl_keys.DATASET, (key, i), "dataset")
+            if isinstance(ds.get("type"), dict):
+                ds["type"] = dict(ds["type"])
+                problems += _unknown_key_problems(
+                    ds["type"], set(UserDefinedFormat.model_fields), axolotl_keys.USER_DEFINED_FORMAT,
+                    (key, i, "type"), "user-defined format",
+                )
+    for key, model, axolotl in (("fsdp_config", FSDPConfig, axolotl_keys.FSDP_CONFIG),
+                                ("special_tokens", SpecialTokens, axolotl_keys.SPECIAL_TOKENS),
+                                ("gradient_checkpointing_kwargs", GradientCheckpointingKwargs, {})):
+        if isinstance(data.get(key), dict):
+            data[key] = dict(data[key])
+            problems += _unknown_key_problems(data[key], set(model.model_fields), axolotl, (key,), key)
+    return problems
+
+
+def _after(cfg: TunerConfig) -> list[compat.Remark]:
+    """Notices that need the validated config: cadences with nothing to act on, and local files
+    or folders that do not exist on this machine (train would stop on them later)."""
+    t, d = cfg.training, cfg.data
+    out = []
+    if t.evals_per_epoch and not d.val_set_size and not d.test_datasets:
+        out.append(compat.Remark(("evals_per_epoch",), "not applied",
+                                 "not applied: there is nothing to evaluate (set val_set_size or test_datasets)"))
+    if t.gradient_checkpointing_kwargs is not None and not t.gradient_checkpointing:
+        out.append(compat.Remark(("gradient_checkpointing_kwargs",), "not applied",
+                                 "not applied: gradient_checkpointing is off"))
+    base = cfg.model.base_model
+    if (missing := _missing_local(base)) is not None:
+        out.append(compat.Remark(("base_model",), "warning", f"{base!r} does not exist here ({missing}); "
+                                                              "train will stop on it"))
+    for key in ("datasets", "test_datasets"):
+        for i, ds in enumerate(getattr(d, key) or []):
+            if (missing := _missing_local(ds.path)) is not None:
+                out.append(compat.Remark((key, i, "path"), "warning", f"{ds.path!r} does not exist here ({missing}); "
+                                                                       "train will stop on it"))
+    return out
+
+
+DATA_EXTENSIONS = (".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt")
+
+
+def looks_local(path: str) -> bool:
+    """A path on this machine rather than a Hugging Face Hub id ('owner/name')."""
+    if path.startswith((".", "/", "~")) or path.lower().endswith(DATA_EXTENSIONS + (".gguf",)):
+        return True
+    parts = path.split("/")
+    return os.sep in path and not (len(parts) == 2 and all(parts))
+
+
+def _missing_local(path: str) -> str | None:
+    """Where a local path was looked for when it does not exist; None when it exists or is a hub id."""
+    if path.startswith("pkg:"):
+        package, _, name = path[len("pkg:"):].partition("/")
+        try:
+            spec = importlib.util.find_spec(package)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            return f"no installed package {package!r}"
+        found = any((Path(folder) / name).exists() for folder in spec.submodule_search_locations)
+        return None if found else f"{package} has no file {name!r}"
+    if not looks_local(path) or Path(path).expanduser().exists():
+        return None
+    return f"looked for {Path(path).expanduser().resolve()}"
 
 
 def _at(raw: RawConfig, path: KeyPath) -> str:
@@ -382,12 +471,13 @@ def _sorted(raw: RawConfig, problems: list[Problem]) -> list[Problem]:
     return sorted(problems, key=line)
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> TunerConfig:
-    """Read, override and validate a config file. Raises ConfigError (a UserError)."""
+def load_config(path: str | Path, overrides: list[str] | None = None, checks: Sequence[Check] = ()) -> TunerConfig:
+    """Read, override and validate a config file. Raises ConfigError (a UserError); what was
+    accepted but is worth saying (renamed keys, keys not applied here) is in `cfg.notices`."""
     raw = load_raw(path)
     if overrides:
         apply_overrides(raw, parse_overrides(overrides))
-    return validate_raw(raw)
+    return validate_raw(raw, checks)
 
 
 def dump_config(cfg: TunerConfig) -> str:

@@ -13,10 +13,11 @@ This module imports only pydantic: `tuner validate` must not import torch.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
@@ -26,8 +27,15 @@ DATASET_TYPES = ("alpaca", "completion", "chat_template", "input_output")
 CHAT_TEMPLATES = ("tokenizer_default", "chatml", "llama3", "jinja")
 TRAIN_ON_EOS = ("turn", "all", "last", "none")
 FILE_TYPES = ("json", "csv", "parquet")
-SCHEDULERS = ("linear", "cosine", "constant")
-OPTIMIZERS = ("adamw_torch", "adamw_torch_fused")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+# Optimizer names as the HF Trainer and Axolotl spell them; built in tuner.train.optim.
+OPTIMIZERS = (
+    "adamw_torch", "adamw_torch_fused", "adamw_bnb_8bit", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit",
+    "adamw_torch_8bit", "adamw_torch_4bit", "lion_8bit", "lion_32bit", "paged_lion_8bit", "paged_lion_32bit",
+    "ademamix", "ademamix_8bit", "paged_ademamix_8bit", "paged_ademamix_32bit", "rmsprop", "rmsprop_bnb",
+    "rmsprop_bnb_8bit", "rmsprop_bnb_32bit", "adafactor", "sgd", "adagrad",
+)
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
 ADAPTERS = ("lora", "qlora")
 
 
@@ -151,19 +159,16 @@ class ModelBlock(Block):
         default=False,
         description="Allow running Python code shipped with a model repo. Off unless you trust it.",
     )
-    is_llama_derived_model: bool | None = Field(
-        default=None,
-        description="Accepted for Axolotl compatibility; tuner reads the architecture from config.json.",
-    )
     special_tokens: SpecialTokens | None = Field(
         default=None, description="bos/eos/pad/unk tokens to set (added when new)."
     )
     tokens: list[str] | None = Field(
         default=None, description="Extra tokens to add to the vocabulary."
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+    attn_implementation: Literal[ATTN_IMPLEMENTATIONS] = Field(  # type: ignore[valid-type]
         default="sdpa",
-        description="Attention kernel: sdpa (default), eager, or flash_attention_2 (CUDA, with flash-attn installed).",
+        description="Attention kernel: sdpa (default), eager, flash_attention_2 / flash_attention_3 (CUDA, with "
+        "flash-attn installed; sdpa otherwise, reported), or flex_attention. Axolotl's other backends run as sdpa, reported.",
     )
 
 
@@ -223,6 +228,10 @@ class DataBlock(Block):
         default=False,
         description="Drop and count rows that are invalid (bad JSON, missing or empty fields) instead of stopping.",
     )
+    eot_tokens: list[str] | None = Field(
+        default=None,
+        description="chat_template: the tokens that end a turn (e.g. [<|im_end|>]); default: the tokenizer's EOS.",
+    )
 
 
 class FSDPConfig(Block):
@@ -245,6 +254,16 @@ class FSDPConfig(Block):
     activation_checkpointing: bool = Field(default=False, description="FSDP's own activation checkpointing.")
 
 
+class GradientCheckpointingKwargs(Block):
+    """`gradient_checkpointing_kwargs`: how activations are recomputed (torch.utils.checkpoint)."""
+
+    use_reentrant: bool = Field(
+        default=False,
+        description="The reentrant implementation (needs input gradients; not with unfrozen_parameters). "
+        "Default: non-reentrant, which also works with frozen inputs.",
+    )
+
+
 class TrainingBlock(Block):
     """The optimisation: steps, batch, optimizer, schedule, precision, logging."""
 
@@ -261,7 +280,11 @@ class TrainingBlock(Block):
     )
     learning_rate: Annotated[float, Field(gt=0)] = Field(description="Peak learning rate.")
     optimizer: Literal[OPTIMIZERS] = Field(  # type: ignore[valid-type]
-        default="adamw_torch_fused", description="Optimizer."
+        default="adamw_torch_fused",
+        description="Optimizer, by its HF Trainer / Axolotl name: torch AdamW (adamw_torch[_fused]); bitsandbytes "
+        "8-bit and paged AdamW, Lion, AdEMAMix, RMSprop (adamw_bnb_8bit, paged_adamw_8bit, lion_8bit, ...; CPU too, "
+        "where paging is off); adafactor; sgd; adagrad; rmsprop. adamw_torch_8bit/4bit run as bitsandbytes' "
+        "8-bit AdamW (reported).",
     )
     lr_scheduler: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]
         default="cosine", description="Learning-rate schedule after warmup."
@@ -273,6 +296,13 @@ class TrainingBlock(Block):
         default=None, description="Warmup as a fraction of all steps."
     )
     weight_decay: Annotated[float, Field(ge=0)] = Field(default=0.0, description="AdamW weight decay.")
+    adam_beta1: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.9, description="Adam's beta1 (also Lion's and AdEMAMix's first beta)."
+    )
+    adam_beta2: Annotated[float, Field(ge=0, lt=1)] = Field(
+        default=0.999, description="Adam's beta2 (also Lion's and AdEMAMix's second beta)."
+    )
+    adam_epsilon: Annotated[float, Field(gt=0)] = Field(default=1e-8, description="Adam's epsilon.")
     max_grad_norm: Annotated[float, Field(ge=0)] | None = Field(
         default=1.0, description="Gradient clipping norm; null or 0 turns clipping off."
     )
@@ -281,8 +311,16 @@ class TrainingBlock(Block):
         description="bf16 mixed precision: true, false, or auto (on when the device runs bf16 fast).",
     )
     fp16: Precision = Field(default=False, description="fp16 mixed precision (CUDA only).")
+    tf32: Precision = Field(
+        default="auto",
+        description="TF32 matmuls for fp32 work on CUDA GPUs (Ampere and newer): true, false, or auto (on where "
+        "the GPU has it). No effect on CPUs.",
+    )
     gradient_checkpointing: bool = Field(
         default=False, description="Recompute activations in backward to save memory."
+    )
+    gradient_checkpointing_kwargs: GradientCheckpointingKwargs | None = Field(
+        default=None, description="With gradient_checkpointing: {use_reentrant: false} (the default) or true."
     )
     torch_compile: bool = Field(
         default=False,
@@ -314,8 +352,16 @@ class TrainingBlock(Block):
         default=None,
         description="Evaluate every N steps (or a fraction of all steps); default: each epoch. Needs val_set_size.",
     )
+    evals_per_epoch: NonNegInt | None = Field(
+        default=None,
+        description="Evaluate N times per epoch, evenly spaced (instead of eval_steps); 0 or empty: once per epoch.",
+    )
     save_steps: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = Field(
         default=None, description="Checkpoint every N steps (or a fraction of all steps); default: each epoch."
+    )
+    saves_per_epoch: NonNegInt | None = Field(
+        default=None,
+        description="Checkpoint N times per epoch, evenly spaced (instead of save_steps); 0 or empty: once per epoch.",
     )
     save_total_limit: PositiveInt | None = Field(
         default=None, description="Keep only the newest N checkpoints."
@@ -332,6 +378,25 @@ class TrainingBlock(Block):
         default="stop",
         description="On a non-finite loss: stop (naming the last good checkpoint) or skip the update and count it.",
     )
+
+    def save_interval(self, steps_per_epoch: int, total_steps: int) -> int | None:
+        """Optimizer steps between checkpoints (`saves_per_epoch` or `save_steps`); None: each epoch's end."""
+        if self.saves_per_epoch:
+            return max(1, math.ceil(steps_per_epoch / self.saves_per_epoch))
+        return _interval(self.save_steps, total_steps)
+
+    def eval_interval(self, steps_per_epoch: int, total_steps: int) -> int | None:
+        """Optimizer steps between evaluations (`evals_per_epoch` or `eval_steps`); None: each epoch's end."""
+        if self.evals_per_epoch:
+            return max(1, math.ceil(steps_per_epoch / self.evals_per_epoch))
+        return _interval(self.eval_steps, total_steps)
+
+
+def _interval(value: int | float | None, total_steps: int) -> int | None:
+    """A step count, or a fraction (< 1) of all steps."""
+    if value is None:
+        return None
+    return max(1, round(value * total_steps)) if isinstance(value, float) else int(value)
 
 
 class AdapterBlock(Block):
@@ -369,7 +434,8 @@ class AdapterBlock(Block):
     )
     unfrozen_parameters: list[str] | None = Field(
         default=None,
-        description="Full fine-tuning only: regexes of parameter names that train; all others stay frozen.",
+        description="Regexes of parameter names that train; all others stay frozen. With an adapter, as in "
+        "Axolotl: applied to the adapted model's names (base_model.model....), LoRA weights included.",
     )
 
 
@@ -390,6 +456,16 @@ class TunerConfig(BaseModel):
     data: DataBlock
     training: TrainingBlock
     adapter: AdapterBlock
+    # What validation accepted but reports: renamed keys, keys not applied, warnings (not part of the dump).
+    _notices: tuple[Notice, ...] = PrivateAttr(default=())
+
+    @property
+    def notices(self) -> tuple[Notice, ...]:
+        return self._notices
+
+    def __eq__(self, other: object) -> bool:
+        """Equal when the blocks are (notices name YAML lines, which a dump moves)."""
+        return isinstance(other, TunerConfig) and all(getattr(self, n) == getattr(other, n) for n in BLOCKS)
 
     def block_values(self, name: str) -> dict[str, Any]:
         """One block's resolved values (defaults filled); LoRA keys only when there is an adapter."""
@@ -427,37 +503,101 @@ class Problem:
     message: str
 
 
-def check_rules(cfg: TunerConfig) -> list[Problem]:
-    """Rules that involve more than one key. Each problem names the key it is about."""
-    problems: list[Problem] = []
-    t, a = cfg.training, cfg.adapter
+@dataclass(frozen=True)
+class Notice:
+    """Something validation accepted and reports once at start: a renamed or legacy key (`renamed`),
+    a key whose effect tuner does not apply here (`not applied`), or a `warning`."""
 
+    key: str  # the key path as written, with its line: "tf32 (line 12)"
+    kind: Literal["renamed", "not applied", "warning"]
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.message}"
+
+
+def check_rules(cfg: TunerConfig) -> list[Problem]:
+    """Rules that involve more than one key, one function per block or concern. Each problem
+    names the key it is about."""
+    return [
+        *_precision_problems(cfg.training),
+        *_length_problems(cfg.training),
+        *_cadence_problems(cfg),
+        *_adapter_problems(cfg.adapter, cfg.training),
+        *_quantization_problems(cfg.adapter),
+        *_engine_problems(cfg.training),
+        *_batch_problems(cfg.data),
+        *_eval_problems(cfg),
+        *_chat_template_problems(cfg.data),
+        *_dataset_problems(cfg.data),
+    ]
+
+
+def _precision_problems(t: TrainingBlock) -> list[Problem]:
     if t.bf16 is True and t.fp16 is True:
-        problems.append(Problem(("fp16",), "fp16 and bf16 are both true; pick one (bf16 on CPU and recent GPUs)."))
+        return [Problem(("fp16",), "fp16 and bf16 are both true; pick one (bf16 on CPU and recent GPUs).")]
+    return []
+
+
+def _length_problems(t: TrainingBlock) -> list[Problem]:
+    problems = []
     if t.max_steps is None and t.num_epochs is None:
         problems.append(
             Problem(("num_epochs",), "neither num_epochs nor max_steps is set; set one, e.g. `num_epochs: 1`.")
         )
     if t.warmup_steps is not None and t.warmup_ratio is not None:
         problems.append(Problem(("warmup_ratio",), "warmup_steps and warmup_ratio are both set; keep one."))
+    return problems
 
+
+def _cadence_problems(cfg: TunerConfig) -> list[Problem]:
+    """save_steps / saves_per_epoch and eval_steps / evals_per_epoch: one of each pair (as Axolotl)."""
+    t = cfg.training
+    problems = []
+    if t.saves_per_epoch and t.save_steps is not None:
+        problems.append(Problem(("saves_per_epoch",), "save_steps and saves_per_epoch are both set; keep one."))
+    if t.evals_per_epoch and t.eval_steps is not None:
+        problems.append(Problem(("evals_per_epoch",), "eval_steps and evals_per_epoch are both set; keep one."))
+    return problems
+
+
+# AdapterBlock keys that only mean something with an adapter: set at all (even to the default)
+# without `adapter`, they are refused, so a forgotten `adapter: lora` is not a silent full fine-tune.
+ADAPTER_ONLY_PREFIXES = ("lora_", "peft_")
+
+
+def _adapter_problems(a: AdapterBlock, t: TrainingBlock) -> list[Problem]:
+    problems = []
     if a.adapter is None:
         for key in sorted(a.model_fields_set - {"adapter", "unfrozen_parameters"}):
-            if getattr(a, key) != AdapterBlock.model_fields[key].default:
+            if key.startswith(ADAPTER_ONLY_PREFIXES) or getattr(a, key) != AdapterBlock.model_fields[key].default:
                 problems.append(
                     Problem((key,), f"{key} is set but there is no adapter; add `adapter: lora` or remove {key}.")
                 )
-    else:
-        if a.lora_target_modules is None and not a.lora_target_linear and a.lora_model_dir is None:
-            problems.append(
-                Problem(
-                    ("adapter",),
-                    f"adapter: {a.adapter} needs target modules: set `lora_target_linear: true` "
-                    "or `lora_target_modules: [q_proj, v_proj, ...]`.",
-                )
+    elif a.lora_target_modules is None and not a.lora_target_linear and a.lora_model_dir is None:
+        problems.append(
+            Problem(
+                ("adapter",),
+                f"adapter: {a.adapter} needs target modules: set `lora_target_linear: true` "
+                "or `lora_target_modules: [q_proj, v_proj, ...]`.",
             )
-        if a.unfrozen_parameters:
-            problems.append(Problem(("unfrozen_parameters",), "unfrozen_parameters is for full fine-tuning; remove it or the adapter."))
+        )
+    if isinstance(a.lora_target_modules, str):
+        import re
+
+        try:
+            re.compile(a.lora_target_modules)
+        except re.error as err:
+            problems.append(Problem(("lora_target_modules",), f"not a valid regular expression: {err}."))
+    kwargs = t.gradient_checkpointing_kwargs
+    if a.unfrozen_parameters and kwargs is not None and kwargs.use_reentrant:
+        problems.append(Problem(("gradient_checkpointing_kwargs", "use_reentrant"),
+                                "use_reentrant must be false with unfrozen_parameters (a partly frozen model)."))
+    return problems
+
+
+def _quantization_problems(a: AdapterBlock) -> list[Problem]:
+    problems = []
     if a.adapter == "qlora" and not a.load_in_4bit:
         problems.append(Problem(("load_in_4bit",), "adapter: qlora needs `load_in_4bit: true`."))
     if a.load_in_4bit and a.adapter != "qlora":
@@ -466,44 +606,56 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
         problems.append(Problem(("load_in_8bit",), "load_in_8bit trains through an adapter: set `adapter: lora`."))
     if a.load_in_4bit and a.load_in_8bit:
         problems.append(Problem(("load_in_8bit",), "load_in_4bit and load_in_8bit are both true; pick one."))
-    if isinstance(a.lora_target_modules, str):
-        import re
+    return problems
 
-        try:
-            re.compile(a.lora_target_modules)
-        except re.error as err:
-            problems.append(Problem(("lora_target_modules",), f"not a valid regular expression: {err}."))
 
+def _engine_problems(t: TrainingBlock) -> list[Problem]:
+    problems = []
     if t.fsdp and t.deepspeed is not None:
         problems.append(Problem(("deepspeed",), "fsdp and deepspeed are both set; pick one."))
-    if t.fsdp_config is not None and not t.fsdp:
-        problems.append(Problem(("fsdp_config",), "fsdp_config is set but fsdp is not; add e.g. `fsdp: [full_shard, auto_wrap]`."))
     if isinstance(t.deepspeed, str):
         from pathlib import Path
 
         if not Path(t.deepspeed).is_file():
             problems.append(Problem(("deepspeed",), f"{t.deepspeed!r}: no such DeepSpeed JSON file."))
-    d = cfg.data
+    return problems
+
+
+def _batch_problems(d: DataBlock) -> list[Problem]:
+    problems = []
     if d.batch_flattening and d.sample_packing:
         problems.append(Problem(("batch_flattening",), "batch_flattening is for unpacked batches, and sample_packing "
                                 "already packs rows without padding; keep one."))
     if d.batch_flattening and d.pad_to_sequence_len:
         problems.append(Problem(("batch_flattening",), "batch_flattening removes padding and pad_to_sequence_len adds "
                                 "it; keep one."))
-    if t.eval_steps is not None and not cfg.data.val_set_size and not cfg.data.test_datasets:
+    return problems
+
+
+def _eval_problems(cfg: TunerConfig) -> list[Problem]:
+    d, problems = cfg.data, []
+    if cfg.training.eval_steps is not None and not d.val_set_size and not d.test_datasets:
         problems.append(
             Problem(("eval_steps",), "eval_steps is set but there is nothing to evaluate: set val_set_size or test_datasets.")
         )
-
-    d = cfg.data
     if d.test_datasets and d.val_set_size:
         problems.append(Problem(("val_set_size",), "val_set_size and test_datasets are both set; evaluate on one of them."))
+    return problems
+
+
+def _chat_template_problems(d: DataBlock) -> list[Problem]:
+    problems = []
     if d.chat_template == "jinja" and not d.chat_template_jinja:
         problems.append(Problem(("chat_template",), "chat_template: jinja needs the template in chat_template_jinja."))
     if d.chat_template_jinja and d.chat_template not in (None, "jinja"):
         problems.append(
             Problem(("chat_template_jinja",), f"chat_template_jinja is set but chat_template is {d.chat_template}; remove one.")
         )
+    return problems
+
+
+def _dataset_problems(d: DataBlock) -> list[Problem]:
+    problems = []
     for key, entries in (("datasets", d.datasets), ("test_datasets", d.test_datasets or [])):
         for i, ds in enumerate(entries):
             if ds.field is not None and ds.kind != "completion":

@@ -1,0 +1,625 @@
+"""Axolotl and HF-Trainer keys that have no field of their own in tuner's schema.
+
+An Axolotl config should run unchanged, and nothing a user set is ignored silently. Every
+such top-level key is one of:
+
+  * renamed: a legacy or foreign spelling of something tuner does (`flash_attention: true`,
+    `torch_dtype`, top-level `fsdp_version`, `fsdp_config.fsdp_*`, `batch_size`, ...). It is
+    rewritten to tuner's key, with a notice naming the key to write instead.
+  * not applied (`NOT_APPLIED`): a key that only changes speed or memory through kernels
+    tuner does not use (Liger, Cut Cross Entropy, fused LoRA kernels, hub kernels), or
+    infrastructure tuner handles itself (dataloader workers, DDP knobs, the Hub). Accepted
+    and reported once at start, with what tuner does instead.
+  * not supported yet (`UNSUPPORTED`): a capability tuner lacks (multimodal, preference
+    training, QAT, context parallelism, ...). Refused with the words "not supported yet" and
+    the capability named, unless the value asks for nothing (empty, false, a size of 1).
+
+Axolotl keys in none of these tables (see axolotl_keys.py) are refused as "not supported
+yet" by load.py, and keys Axolotl does not have get a did-you-mean.
+
+`translate` does all of this on the parsed YAML mapping before the schema sees it. It
+imports nothing beyond the standard library: `tuner validate` must stay light, and the
+packages an attention backend needs are looked up with importlib.util.find_spec (which
+finds a package without importing it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any, Literal
+
+KeyPath = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Remark:
+    """A notice or a problem about one key, before load.py adds its line."""
+
+    path: KeyPath
+    kind: Literal["renamed", "not applied", "warning", "error"]
+    message: str
+
+
+def asks_nothing(value: Any, default: Any = None, off: tuple[Any, ...] = ()) -> bool:
+    """Empty, false, Axolotl's own default, or a value listed as "off" for the key."""
+    return value is None or value is False or value in ("", [], {}) or value == default or value in off
+
+
+# --------------------------------------------------------------------------- not applied
+
+_KERNELS = "tuner runs the model's own PyTorch modules; torch_compile fuses a layer's operations"
+_CCE = ("tuner's own loss does this: the output head and cross-entropy run in recomputed chunks on "
+        "trained positions only, so the full logits are never held")
+_LORA_KERNELS = "Axolotl's fused LoRA Triton kernels (CUDA); tuner runs peft's LoRA layers"
+_DDP = "tuner uses accelerate's DDP defaults"
+_HUB = "tuner does not push to (or pull from) the Hugging Face Hub during a run; push the output_dir yourself"
+_TOKEN = "huggingface_hub reads the token from HF_TOKEN or `hf auth login` by itself"
+_ARCH = "tuner reads the architecture from the model's config.json"
+
+NOT_APPLIED: dict[str, str] = {
+    # Kernels and fusions for CUDA GPUs.
+    "liger_rms_norm": _KERNELS, "liger_glu_activation": _KERNELS, "liger_layer_norm": _KERNELS,
+    "liger_rope": _KERNELS, "liger_rms_norm_gated": _KERNELS, "liger_swiglu": _KERNELS,
+    "liger_cross_entropy": _CCE, "liger_fused_linear_cross_entropy": _CCE, "cut_cross_entropy": _CCE,
+    "chunked_cross_entropy": _CCE, "chunked_cross_entropy_num_chunks": _CCE, "flash_attn_cross_entropy": _CCE,
+    "flash_attn_rms_norm": _KERNELS, "flash_attn_fuse_mlp": _KERNELS, "fused_attn_kernel": _KERNELS,
+    "flash_optimum": _KERNELS, "use_kernels": _KERNELS, "use_scattermoe": _KERNELS, "use_sonicmoe": _KERNELS,
+    "experts_implementation": _KERNELS, "use_dsv4_kernels": _KERNELS, "use_glm_dsa_kernels": _KERNELS,
+    "dsv4_fp4_grouped_mode": _KERNELS, "gemma4_hybrid_attn_impl": "tuner runs every layer with the one "
+    "attn_implementation", "flex_attn_compile_kwargs": "tuner compiles flex attention with transformers' settings",
+    "sdpa_varlen": "tuner's packed rows isolate documents through position_ids with transformers' own masks",
+    "large_head_attention": "tuner runs transformers' attention for every head size",
+    "flash_attn_d512": "tuner runs transformers' attention for every head size",
+    "lora_mlp_kernel": _LORA_KERNELS, "lora_qkv_kernel": _LORA_KERNELS, "lora_o_kernel": _LORA_KERNELS,
+    "lora_embedding_kernel": _LORA_KERNELS,
+    "torch_compile_backend": "torch_compile uses inductor", "torch_compile_mode": "torch_compile uses the default mode",
+    "torch_compile_options": "torch_compile uses inductor's defaults",
+    "tiled_mlp": "tuner runs the MLP untiled; use gradient_checkpointing to save activation memory",
+    "tiled_mlp_num_shards": "tuner runs the MLP untiled", "tiled_mlp_use_original_mlp": "tuner runs the MLP untiled",
+    "activation_offloading": "activations stay on the device; use gradient_checkpointing to save their memory",
+    "quantize_moe_experts": "bitsandbytes quantizes the linear layers; MoE expert tensors stay in the load dtype",
+    "gc_steps": "tuner leaves garbage collection to Python", "gc_collect_steps": "tuner leaves garbage collection to Python",
+    "torch_empty_cache_steps": "tuner leaves the CUDA cache to PyTorch",
+    "experimental_skip_move_to_device": "tuner places the model itself",
+    "low_cpu_mem_usage": "transformers loads weights lazily already",
+    "device_map": "tuner puts the model on the process's device (one process per device)",
+    "max_memory": "tuner puts the model on the process's device (one process per device)",
+    "resize_token_embeddings_to_32x": "the embedding matrix keeps its size (plus added tokens)",
+    # Data loading and batching tuner does itself.
+    "dataloader_num_workers": "batches are built in the training process from the prepared rows",
+    "dataloader_pin_memory": "batches are built in the training process from the prepared rows",
+    "dataloader_prefetch_factor": "batches are built in the training process from the prepared rows",
+    "remove_unused_columns": "prepared rows hold only the columns tuner trains on",
+    "group_by_length": "use sample_packing or batch_flattening, which remove padding instead",
+    "skip_prepare_dataset": "tuner prepares (tokenizes) the data once and caches it",
+    "eval_batch_size": "evaluation runs micro_batch_size rows at a time (the eval loss does not depend on it)",
+    "include_tokens_per_second": "tuner always logs tokens/s",
+    # Distributed-training knobs tuner leaves to accelerate.
+    "ddp_find_unused_parameters": _DDP, "ddp_timeout": _DDP, "ddp_bucket_cap_mb": _DDP,
+    "ddp_broadcast_buffers": _DDP, "ddp": "tuner uses DDP whenever it runs as several processes",
+    # The Hub, tokens and telemetry.
+    "hub_model_id": _HUB, "hub_strategy": _HUB, "hub_revision": _HUB, "push_dataset_to_hub": _HUB,
+    "hf_use_auth_token": _TOKEN, "use_auth_token": _TOKEN,
+    "use_otel_metrics": "tuner writes metrics.jsonl and its trackers", "otel_metrics_host": "no OpenTelemetry export",
+    "otel_metrics_port": "no OpenTelemetry export",
+    # Model-family hints tuner does not need.
+    "is_llama_derived_model": _ARCH, "is_mistral_derived_model": _ARCH, "is_falcon_derived_model": _ARCH,
+    "is_qwen_derived_model": _ARCH,
+    "lora_fan_in_fan_out": "peft sets fan_in_fan_out from each layer's type (true for GPT-2's Conv1D only)",
+    "strict": "tuner always checks every key",
+    "save_safetensors": "tuner always saves safetensors",
+    "save_only_model": "tuner's checkpoints keep the optimizer state so that a run can resume",
+    "save_first_step": "tuner checkpoints on its save cadence",
+    "loss_watchdog_threshold": "tuner stops on a non-finite loss (nan_policy), not on a loss threshold",
+    "loss_watchdog_patience": "tuner stops on a non-finite loss (nan_policy), not on a loss threshold",
+    "shuffle_merged_datasets": "tuner shuffles the rows of all datasets together each epoch",
+    "tokenizer_save_jinja_files": "the saved tokenizer keeps its chat template as transformers writes it",
+    "use_wandb": "W&B logging is on exactly when wandb_project is set",
+    "model_config": "tuner loads config.json as it is (no config overrides); MoE router losses are not added",
+    "debug": "`tuner inspect CONFIG` shows prepared rows token by token",
+    "accelerator_config": "tuner builds accelerate's Accelerator itself (gradients sync once per optimizer step)",
+    # SwanLab (an Axolotl plugin) is not one of tuner's trackers.
+    **{k: "SwanLab is not one of tuner's trackers (TensorBoard, W&B, MLflow)" for k in (
+        "use_swanlab", "swanlab_project", "swanlab_experiment_name", "swanlab_description", "swanlab_mode",
+        "swanlab_log_completions", "swanlab_completion_log_interval", "swanlab_completion_max_buffer",
+        "swanlab_workspace", "swanlab_log_model")},
+}
+
+# Values that are what tuner does anyway: accepted without a notice.
+ALREADY: dict[str, tuple[Any, ...]] = {
+    "save_safetensors": (True,), "include_tokens_per_second": (True,), "include_tkps": (True,),
+    "shuffle_merged_datasets": (True,), "tokenizer_save_jinja_files": (True,), "remove_unused_columns": (False,),
+}
+
+# --------------------------------------------------------------------------- not supported yet
+
+MULTIMODAL = "multimodal training (images, audio, processors)"
+PREFERENCE = "preference training (rl: dpo, ipo, orpo, kto, simpo)"
+UNSUPPORTED: dict[str, str] = {
+    "processor_type": MULTIMODAL, "processor_kwargs": MULTIMODAL, "image_size": MULTIMODAL,
+    "image_resize_algorithm": MULTIMODAL, "freeze_mm_modules": MULTIMODAL,
+    "rl_beta": PREFERENCE, "dpo_beta": PREFERENCE, "dpo_loss_type": PREFERENCE, "dpo_label_smoothing": PREFERENCE,
+    "dpo_use_weighting": PREFERENCE, "dpo_norm_loss": PREFERENCE, "dpo_padding_free": PREFERENCE,
+    "dpo_use_logits_to_keep": PREFERENCE, "dpo_generate_during_eval": PREFERENCE, "dpo_loss_weights": PREFERENCE,
+    "dpo_use_liger_kernel": PREFERENCE, "orpo_alpha": PREFERENCE, "rpo_alpha": PREFERENCE, "simpo_gamma": PREFERENCE,
+    "cpo_alpha": PREFERENCE, "kto_desirable_weight": PREFERENCE, "kto_undesirable_weight": PREFERENCE,
+    "precompute_ref_log_probs": PREFERENCE, "max_prompt_len": PREFERENCE,
+    "trl": "online RL (GRPO with trl settings)", "vllm": "online RL (GRPO generation with vLLM)",
+    "reward_model": "reward-model training", "process_reward_model": "process-reward-model training",
+    "center_rewards_coefficient": "reward-model training", "num_labels": "classification heads (num_labels)",
+    "cls_model_config": "classification heads (num_labels)",
+    "qat": "quantization-aware training (QAT)", "fp8": "FP8 training", "fp8_config": "FP8 training",
+    "fp8_enable_fsdp_float8_all_gather": "FP8 training",
+    "context_parallel_size": "context parallelism", "sequence_parallel_degree": "context parallelism",
+    "heads_k_stride": "context parallelism", "ring_attn_func": "context parallelism",
+    "tensor_parallel_size": "tensor parallelism", "dp_shard_size": "N-D parallelism (dp_shard_size)",
+    "dp_replicate_size": "N-D parallelism (dp_replicate_size)",
+    "expert_parallel_size": "expert parallelism", "expert_parallel_num_nvl_bytes": "expert parallelism",
+    "expert_parallel_token_capacity": "expert parallelism",
+    "pretraining_dataset": "streaming pretraining datasets (pretraining_dataset)",
+    "streaming": "streaming datasets", "pretrain_multipack_attn": "streaming pretraining datasets",
+    "pretrain_multipack_buffer_size": "streaming pretraining datasets",
+    "streaming_multipack_buffer_size": "streaming datasets",
+    "diffusion": "diffusion language-model training", "ebft": "Axolotl's EBFT trainer",
+    "relora": "ReLoRA", "relora_prune_ratio": "ReLoRA", "relora_cpu_offload": "ReLoRA", "jagged_restart_steps": "ReLoRA",
+    "jagged_restart_warmup_steps": "ReLoRA", "jagged_restart_anneal_steps": "ReLoRA",
+    "lisa_n_layers": "LISA layer sampling", "lisa_step_interval": "LISA layer sampling",
+    "lisa_layers_attribute": "LISA layer sampling",
+    "use_ray": "Ray-launched training", "ray_num_workers": "Ray-launched training",
+    "gptq": "GPTQ-quantized base models", "gptq_disable_exllama": "GPTQ-quantized base models",
+    "gptq_groupsize": "GPTQ-quantized base models (a retired Axolotl key)",
+    "gptq_model_v1": "GPTQ-quantized base models (a retired Axolotl key)",
+    "sample_packing_seq_len_multiplier": "sample_packing_seq_len_multiplier (a retired Axolotl key; use sequence_len)",
+    "model_quantization_config": "quantized base-model formats other than bitsandbytes (e.g. MXFP4)",
+    "model_quantization_config_kwargs": "quantized base-model formats other than bitsandbytes (e.g. MXFP4)",
+    "llmcompressor": "sparse fine-tuning with llmcompressor",
+    "lora_target_parameters": "LoRA on parameters (lora_target_parameters, e.g. MoE experts)",
+    "llama4_linearized_experts": "Llama 4 linearized experts",
+    "tokenizer_use_mistral_common": "Mistral's mistral-common tokenizer",
+    "tokenizer_legacy": "tokenizer options (tokenizer_legacy)",
+    "neftune_noise_alpha": "NEFTune noisy embeddings", "noisy_embedding_alpha": "NEFTune noisy embeddings",
+    "use_eaft": "EAFT", "use_onebitllms": "1-bit LLM training (onebitllms)",
+    "peft": "peft options beyond LoRA's (e.g. LoftQ initialisation)", "reinit_weights": "re-initialised weights",
+    "early_stopping_patience": "early stopping", "load_best_model_at_end": "loading the best checkpoint at the end",
+    "dataset_exact_deduplication": "dataset deduplication", "min_sample_len": "a minimum sample length filter",
+    "sample_packing_sequentially": "sequential packing", "curriculum_sampling": "curriculum sampling",
+    "max_packed_sequence_len": "max_packed_sequence_len (use sequence_len)",
+    "lr_quadratic_warmup": "quadratic warmup", "cosine_min_lr_ratio": "a minimum learning rate for cosine",
+    "cosine_constant_lr_ratio": "a constant phase in the cosine schedule", "lr_scheduler_kwargs": "scheduler options",
+    "optim_args": "optimizer options (optim_args)", "optim_target_modules": "GaLore / APOLLO target modules",
+    "eval_table_size": "generation samples during evaluation", "eval_max_new_tokens": "generation samples during evaluation",
+    "do_causal_lm_eval": "generation metrics during evaluation", "eval_causal_lm_metrics": "generation metrics during evaluation",
+    "do_bench_eval": "benchmark evaluation", "model_revision": "pinning a hub model revision",
+    "revision_of_model": "pinning a hub model revision", "base_model_ignore_patterns": "hub download patterns",
+    "mean_resizing_embeddings": "mean-initialised new embeddings", "fix_untrained_tokens": "fix_untrained_tokens",
+    "embedding_lr": "per-group learning rates", "embedding_lr_scale": "per-group learning rates",
+    "lr_groups": "per-group learning rates", "loraplus_lr_ratio": "LoRA+ learning rates",
+    "rope_scaling": "RoPE scaling overrides", "model_kwargs": "model loading options (model_kwargs)",
+}
+# Values that ask for nothing, per key (besides empty and false).
+OFF: dict[str, tuple[Any, ...]] = {
+    key: (1,) for key in ("context_parallel_size", "sequence_parallel_degree", "tensor_parallel_size",
+                          "dp_shard_size", "dp_replicate_size", "expert_parallel_size", "ray_num_workers")
+} | {"eval_table_size": (0,), "loraplus_lr_ratio": (0,)}
+
+# Axolotl plugins: what tuner does with each (by the class name's module).
+PLUGINS: dict[str, tuple[str, str]] = {
+    "axolotl.integrations.liger": ("not applied", _KERNELS + "; its loss is tuner's own (" + _CCE.split(": ")[1] + ")"),
+    "axolotl.integrations.cut_cross_entropy": ("not applied", _CCE),
+    "axolotl.integrations.kernels": ("not applied", _KERNELS),
+    "axolotl.integrations.swanlab": ("not applied", "SwanLab is not one of tuner's trackers (TensorBoard, W&B, MLflow)"),
+    "axolotl.integrations.spectrum": ("error", "Spectrum layer selection"),
+    "axolotl.integrations.expert_parallel": ("error", "expert parallelism"),
+    "axolotl.integrations.diffusion": ("error", "diffusion language-model training"),
+    "axolotl.integrations.llm_compressor": ("error", "sparse fine-tuning with llmcompressor"),
+    "axolotl.integrations.kd": ("error", "knowledge distillation"),
+    "axolotl.integrations.grokfast": ("error", "Grokfast gradient filtering"),
+    "axolotl.integrations.lm_eval": ("error", "lm-eval benchmarks after training"),
+}
+
+
+def unsupported(capability: str, value: Any) -> str:
+    return (f"{_show(value)}: not supported yet: {capability}. An Axolotl key tuner does not support yet; "
+            "remove it (or leave it empty)")
+
+
+# --------------------------------------------------------------------------- translation
+
+
+def translate(data: dict[str, Any], lines: dict[KeyPath, Any]) -> list[Remark]:
+    """Rewrite legacy and foreign keys in `data` (the top-level mapping, changed in place) and
+    report what was read, what is not applied and what is not supported yet. `lines` (key path
+    -> YAML line) gains an entry for every key moved to a new path."""
+    remarks: list[Remark] = []
+    for step in (_attention_flags, _attention_backend, _precision_aliases, _batch_size, _fsdp, _resume,
+                 _strategies, _optimizer_aliases, _plugins, _legacy_values, _tables):
+        remarks += step(data, lines)
+    return remarks
+
+
+def _move(data: dict, lines: dict, old: KeyPath, new: KeyPath, value: Any) -> None:
+    target = data
+    for part in new[:-1]:
+        target = target.setdefault(part, {})
+    target[new[-1]] = value
+    if old in lines:
+        lines.setdefault(new, lines[old])
+
+
+LEGACY_ATTENTION = {  # Axolotl's deprecated flags, most specific first (as Axolotl resolves them)
+    "xformers_attention": "xformers", "sage_attention": "sage", "flex_attention": "flex_attention",
+    "flash_attention": "flash_attention_2", "sdp_attention": "sdpa", "eager_attention": "eager",
+}
+
+
+def _attention_flags(data: dict, lines: dict) -> list[Remark]:
+    out = []
+    chosen = []
+    for key in [k for k in LEGACY_ATTENTION if k in data]:
+        value = data.pop(key)
+        if value is True:
+            chosen.append(key)
+        elif value not in (None, False):
+            out.append(Remark((key,), "error", f"{_show(value)} is not valid: expected true or false"))
+    if not chosen:
+        return out
+    if data.get("attn_implementation") is not None:
+        return [Remark((chosen[0],), "error", f"attn_implementation and {chosen[0]} are both set; keep "
+                                              f"attn_implementation (Axolotl deprecated {chosen[0]})")]
+    first = chosen[0]
+    impl = LEGACY_ATTENTION[first]
+    _move(data, lines, (first,), ("attn_implementation",), impl)
+    out.append(Remark((first,), "renamed", f"`{first}: true` is deprecated (Axolotl); read as "
+                                           f"`attn_implementation: {impl}` (write that instead)"))
+    return out
+
+
+# attn_implementation values and the package each needs (found with find_spec, never imported).
+ATTN_PACKAGES = {"flash_attention_2": ("flash_attn", "pip install flash-attn --no-build-isolation"),
+                 "flash_attention_3": ("flash_attn_interface", "install FlashAttention-3 from its hopper/ folder")}
+PATCHED_BACKENDS = {"xformers": "xFormers", "sage": "SageAttention", "fp8": "FP8 attention"}
+ATTN_ALIASES = {"flash": "flash_attention_2", "flex": "flex_attention", "sdp": "sdpa"}
+_SAME = "sdpa (PyTorch's fused attention) computes the same attention here"
+
+
+def _attention_backend(data: dict, lines: dict) -> list[Remark]:
+    value = data.get("attn_implementation")
+    if not isinstance(value, str):
+        return []
+    path = ("attn_implementation",)
+    if value in ATTN_ALIASES:
+        return [Remark(path, "error", f"{value!r} is not valid: write the full name {ATTN_ALIASES[value]!r}")]
+    why = None
+    if value in ATTN_PACKAGES:
+        package, install = ATTN_PACKAGES[value]
+        if importlib.util.find_spec(package) is None:
+            why = (f"not applied on this machine: {value} needs the {package} package and a CUDA GPU "
+                   f"({install}); {_SAME}")
+    elif value in PATCHED_BACKENDS:
+        why = (f"not applied: {PATCHED_BACKENDS[value]} is an attention patch of Axolotl's (tuner does not "
+               f"patch transformers); {_SAME}")
+    elif "/" in value:
+        why = (f"not applied: {value} is a kernel downloaded from the Hub at run time (tuner runs without the "
+               f"network and the `kernels` package); {_SAME}")
+    if why is None:
+        return []
+    data["attn_implementation"] = "sdpa"
+    return [Remark(path, "not applied", why)]
+
+
+DTYPES = {"bfloat16": "bf16", "bf16": "bf16", "float16": "fp16", "fp16": "fp16", "half": "fp16",
+          "float32": None, "fp32": None, "float": None, "auto": "auto"}
+
+
+def _precision_aliases(data: dict, lines: dict) -> list[Remark]:
+    """`torch_dtype` (transformers) and Axolotl's `bfloat16` / `float16` / `float32` flags."""
+    out = []
+    explicit = {k for k in ("bf16", "fp16") if data.get(k) not in (None, False)}
+    if "torch_dtype" in data:
+        value = data.pop("torch_dtype")
+        path = ("torch_dtype",)
+        key = DTYPES.get(str(value).replace("torch.", "")) if value is not None else None
+        if value is None:
+            pass
+        elif str(value).replace("torch.", "") not in DTYPES:
+            out.append(Remark(path, "error", f"{_show(value)} is not valid: expected one of bfloat16, float16, "
+                                             "float32, auto (tuner reads it as bf16 / fp16)"))
+        elif explicit:
+            out.append(Remark(path, "not applied", f"not applied: {', '.join(sorted(explicit))} decides the precision"))
+        elif key == "auto":
+            _move(data, lines, path, ("bf16",), "auto")
+            out.append(Remark(path, "renamed", "`torch_dtype: auto` is a transformers key; read as `bf16: auto` "
+                                               "(write that instead)"))
+        elif key is None:
+            out.append(Remark(path, "renamed", f"`torch_dtype: {value}` is a transformers key; tuner trains in "
+                                               "fp32 with bf16 and fp16 off, their defaults (remove it)"))
+        else:
+            _move(data, lines, path, (key,), True)
+            out.append(Remark(path, "renamed", f"`torch_dtype: {value}` is a transformers key; read as "
+                                               f"`{key}: true` (write that instead)"))
+    for flag, key in (("bfloat16", "bf16"), ("float16", "fp16"), ("float32", None)):
+        if flag not in data:
+            continue
+        value = data.pop(flag)
+        if value is not True:
+            continue
+        path = (flag,)
+        if key is None:
+            msg = ("not applied: bf16 / fp16 decide the precision" if explicit else
+                   "`float32: true` (Axolotl) is tuner's default: bf16 and fp16 off (remove it)")
+            out.append(Remark(path, "not applied" if explicit else "renamed", msg))
+        elif data.get(key) is True:
+            out.append(Remark(path, "renamed", f"`{flag}: true` (Axolotl: load the weights in {flag}) is covered "
+                                               f"by `{key}: true` (remove it)"))
+        elif explicit - {key}:
+            out.append(Remark(path, "not applied", f"not applied: {', '.join(sorted(explicit))} decides the precision"))
+        else:
+            _move(data, lines, path, (key,), True)
+            out.append(Remark(path, "renamed", f"`{flag}: true` (Axolotl: load the weights in {flag}) is read as "
+                                               f"`{key}: true` (write that instead)"))
+    return out
+
+
+def _batch_size(data: dict, lines: dict) -> list[Remark]:
+    """Axolotl's `batch_size`: gradient_accumulation_steps = batch_size // micro_batch_size when unset."""
+    value = data.get("batch_size")
+    if "batch_size" not in data:
+        return []
+    del data["batch_size"]
+    if value is None:
+        return []
+    path = ("batch_size",)
+    micro = data.get("micro_batch_size") or 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or not isinstance(micro, int):
+        return [Remark(path, "error", f"{_show(value)} is not valid: expected a whole number >= 1")]
+    accumulation = data.get("gradient_accumulation_steps")
+    if accumulation is None:
+        steps = max(1, value // micro)
+        _move(data, lines, path, ("gradient_accumulation_steps",), steps)
+        return [Remark(path, "renamed", f"`batch_size: {value}` is read as `gradient_accumulation_steps: {steps}` "
+                                        f"(batch_size / micro_batch_size, as Axolotl; write that instead)")]
+    if isinstance(accumulation, int) and micro * accumulation == value:
+        return []
+    return [Remark(path, "not applied", "not applied: micro_batch_size x gradient_accumulation_steps decides the "
+                                        "batch (per process), as in Axolotl when both are set")]
+
+
+FSDP1_STRATEGIES = {"FULL_SHARD": "full_shard", "SHARD_GRAD_OP": "shard_grad_op", "HYBRID_SHARD": "hybrid_shard"}
+FSDP_NOT_APPLIED = {
+    "limit_all_gathers": "accelerate's FSDP default", "sync_module_states": "accelerate's FSDP default",
+    "use_orig_params": "accelerate's FSDP default (true)", "backward_prefetch": "accelerate's FSDP default",
+    "forward_prefetch": "accelerate's FSDP default", "cpu_offload_pin_memory": "accelerate's FSDP default",
+    "mixed_precision_policy": "tuner's bf16 / fp16 decide FSDP's mixed precision",
+    "final_state_dict_type": "the final model is saved as a full state dict",
+}
+
+
+def _fsdp(data: dict, lines: dict) -> list[Remark]:
+    """Top-level `fsdp_version`, `fsdp_config.fsdp_*` prefixes and FSDP1 keys, as Axolotl rewrites them."""
+    out = []
+    config = data.get("fsdp_config")
+    if "fsdp_version" in data:
+        version = data.pop("fsdp_version")
+        if version is not None:
+            if isinstance(config, dict) and config.get("fsdp_version") not in (None, version):
+                out.append(Remark(("fsdp_version",), "error", f"fsdp_version: {version} and fsdp_config.fsdp_version: "
+                                                             f"{config['fsdp_version']} differ; keep one"))
+            elif config is None or isinstance(config, dict):
+                data["fsdp_config"] = config = dict(config or {})
+                _move(data, lines, ("fsdp_version",), ("fsdp_config", "fsdp_version"), version)
+                out.append(Remark(("fsdp_version",), "renamed", f"top-level `fsdp_version: {version}` is read as "
+                                                                 f"`fsdp_config.fsdp_version: {version}`"))
+    if not isinstance(config, dict):
+        return out
+    config = data["fsdp_config"] = dict(config)
+    for key in list(config):
+        if not isinstance(key, str):
+            continue
+        path = ("fsdp_config", key)
+        if key.startswith("fsdp_") and key != "fsdp_version":
+            new = key[len("fsdp_"):]
+            value = config.pop(key)
+            if new in config:
+                out.append(Remark(path, "error", f"fsdp_config.{key} and fsdp_config.{new} are both set; keep {new}"))
+                continue
+            config[new] = value
+            if path in lines:
+                lines.setdefault(("fsdp_config", new), lines[path])
+            out.append(Remark(path, "renamed", f"`{key}` is deprecated (Axolotl drops the fsdp_ prefix); read as "
+                                               f"`fsdp_config.{new}` (write that instead)"))
+    if "version" in config:  # Axolotl's other spelling
+        config.setdefault("fsdp_version", config.pop("version"))
+    strategy = config.pop("sharding_strategy", None)
+    if strategy is not None:
+        path = ("fsdp_config", "sharding_strategy")
+        name = FSDP1_STRATEGIES.get(str(strategy).upper()) or FSDP1_STRATEGIES.get(
+            {"1": "FULL_SHARD", "2": "SHARD_GRAD_OP", "4": "HYBRID_SHARD"}.get(str(strategy), ""))
+        if name is None:
+            out.append(Remark(path, "error", f"{_show(strategy)} is not valid: expected one of "
+                                             f"{', '.join(FSDP1_STRATEGIES)}"))
+        else:
+            options = list(data.get("fsdp") or []) if isinstance(data.get("fsdp"), list) else data.get("fsdp")
+            if isinstance(options, list) and name not in options:
+                options.append(name)
+                data["fsdp"] = options
+            out.append(Remark(path, "renamed", f"`sharding_strategy: {strategy}` is read as `{name}` in `fsdp`"))
+    for key, why in FSDP_NOT_APPLIED.items():
+        if key in config:
+            value = config.pop(key)
+            if value is not None:
+                out.append(Remark(("fsdp_config", key), "not applied", f"not applied: {why}"))
+    if not data.get("fsdp"):
+        data["fsdp"] = ["full_shard", "auto_wrap"]
+        out.append(Remark(("fsdp_config",), "renamed", "FSDP is on (fsdp_config without fsdp, as in Axolotl): "
+                                                       "read as `fsdp: [full_shard, auto_wrap]`"))
+    return out
+
+
+def _resume(data: dict, lines: dict) -> list[Remark]:
+    if "auto_resume_from_checkpoints" not in data:
+        return []
+    value = data.pop("auto_resume_from_checkpoints")
+    if value is not True:
+        return []
+    path = ("auto_resume_from_checkpoints",)
+    if data.get("resume_from_checkpoint") is not None:
+        return [Remark(path, "not applied", "not applied: resume_from_checkpoint is set")]
+    _move(data, lines, path, ("resume_from_checkpoint",), "auto")
+    return [Remark(path, "renamed", "`auto_resume_from_checkpoints: true` is read as `resume_from_checkpoint: auto` "
+                                    "(write that instead)")]
+
+
+def _strategies(data: dict, lines: dict) -> list[Remark]:
+    """HF Trainer's save_strategy / eval_strategy: accepted where they say what tuner does."""
+    out = []
+    has_eval = bool(data.get("val_set_size") or data.get("test_datasets"))
+    for key, steps, per_epoch, what in (
+        ("save_strategy", "save_steps", "saves_per_epoch", "checkpoints"),
+        ("eval_strategy", "eval_steps", "evals_per_epoch", "evaluation"),
+        ("evaluation_strategy", "eval_steps", "evals_per_epoch", "evaluation"),
+    ):
+        if key not in data:
+            continue
+        value = data.pop(key)
+        by_steps = data.get(steps) is not None or bool(data.get(per_epoch))
+        if value is None or value == "steps" and by_steps or value == "epoch" and not by_steps:
+            continue
+        if value == "no" and what == "evaluation" and not has_eval:
+            continue
+        if value in ("steps", "epoch"):
+            cadence = f"{steps} or {per_epoch}"
+            out.append(Remark((key,), "error", f"{key}: {value} contradicts {'no ' if value == 'steps' else ''}"
+                                               f"{cadence}; tuner's {what} follow {cadence} (default: each epoch)"))
+        else:
+            out.append(Remark((key,), "error", unsupported(f"{key}: {value} (tuner's {what} follow {steps} / "
+                                                           f"{per_epoch}, default each epoch)", value)))
+    return out
+
+
+OPTIMIZER_SUBSTITUTES = {
+    "adamw_torch_8bit": "not applied: torchao's 8-bit AdamW; runs as bitsandbytes' 8-bit AdamW (the same "
+                        "block-wise 8-bit states)",
+    "adamw_torch_4bit": "not applied: torchao's 4-bit AdamW states; runs as bitsandbytes' 8-bit AdamW (twice "
+                        "the optimizer-state memory of 4 bits)",
+}
+SCHEDULE_FREE = ("schedule_free_adamw", "schedule_free_radam", "schedule_free_sgd")
+# Optimizers Axolotl accepts (transformers' OptimizerNames and Axolotl's own) that tuner does not build.
+OTHER_OPTIMIZERS = (
+    "muon", "dion", "came_pytorch", "optimi_adamw", "ao_adamw_4bit", "ao_adamw_8bit", "ao_adamw_fp8", "adopt_adamw",
+    "sinkgd", "flash_adamw", "flash_adam", "flash_sgd", "flash_sgdw", "flash_lion", "q_galore_adamw8bit",
+    "galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise", "galore_adamw_8bit_layerwise",
+    "galore_adafactor_layerwise", "apollo_adamw", "apollo_adamw_layerwise", "lomo", "adalomo", "grokadamw",
+    "stable_adamw", "adamw_anyprecision", "adamw_apex_fused", "adamw_torch_xla", "adamw_torch_npu_fused",
+)
+
+
+def _optimizer_aliases(data: dict, lines: dict) -> list[Remark]:
+    value = data.get("optimizer")
+    path = ("optimizer",)
+    if not isinstance(value, str):
+        return []
+    if value in OPTIMIZER_SUBSTITUTES:
+        return [Remark(path, "not applied", OPTIMIZER_SUBSTITUTES[value])]
+    if value in OTHER_OPTIMIZERS:
+        return [Remark(path, "error", unsupported(f"the {value} optimizer; use adamw_torch_fused, adamw_bnb_8bit, "
+                                                  "lion_8bit or adafactor", value))]
+    if value in SCHEDULE_FREE:
+        return [Remark(path, "error", unsupported(
+            "schedule-free optimizers (the loop would have to switch them to their averaged weights for "
+            "evaluation and saving); use adamw_torch_fused or adamw_bnb_8bit", value))]
+    return []
+
+
+BNB_KWARGS = {"bnb_4bit_use_double_quant": "bnb_4bit_use_double_quant", "bnb_4bit_quant_type": "bnb_4bit_quant_type"}
+
+
+def _legacy_values(data: dict, lines: dict) -> list[Remark]:
+    """Values Axolotl or the HF Trainer accept in another shape than tuner's key."""
+    out = []
+    steps = data.get("warmup_steps")
+    if isinstance(steps, float) and 0 < steps < 1:
+        del data["warmup_steps"]
+        if data.get("warmup_ratio") is not None:
+            out.append(Remark(("warmup_steps",), "error", "warmup_steps and warmup_ratio are both set; keep one."))
+        else:
+            _move(data, lines, ("warmup_steps",), ("warmup_ratio",), steps)
+            out.append(Remark(("warmup_steps",), "renamed", f"`warmup_steps: {steps}` (a fraction, as the HF Trainer "
+                                                            f"reads it) is read as `warmup_ratio: {steps}` (write that instead)"))
+    if data.get("gradient_checkpointing") == "offload":
+        data["gradient_checkpointing"] = True
+        out.append(Remark(("gradient_checkpointing",), "not applied", "`offload` (Axolotl: checkpointed activations "
+                          "offloaded to CPU) is not applied: activations are checkpointed and recomputed on the device"))
+    tokens = data.get("tokens")
+    if isinstance(tokens, dict) and not isinstance(data.get("special_tokens"), dict):
+        del data["tokens"]
+        _move(data, lines, ("tokens",), ("special_tokens",), dict(tokens))
+        out.append(Remark(("tokens",), "renamed", "`tokens` as a mapping of special tokens is read as `special_tokens` "
+                                                  "(write that instead; `tokens` is a list of tokens to add)"))
+    kwargs = data.get("bnb_config_kwargs")
+    if "bnb_config_kwargs" in data:
+        del data["bnb_config_kwargs"]
+    if isinstance(kwargs, dict):
+        for key, value in kwargs.items():
+            path = ("bnb_config_kwargs", key)
+            if key in BNB_KWARGS and data.get(BNB_KWARGS[key]) in (None, value):
+                _move(data, lines, path, (BNB_KWARGS[key],), value)
+                out.append(Remark(path, "renamed", f"read as `{BNB_KWARGS[key]}: {value}` (write that instead)"))
+            elif key == "llm_int8_has_fp16_weight" and value is False or key == "bnb_4bit_compute_dtype":
+                out.append(Remark(path, "not applied", "not applied: tuner's bf16 / fp16 decide the compute dtype"
+                                  if key == "bnb_4bit_compute_dtype" else "not applied: bitsandbytes' default"))
+            else:
+                out.append(Remark(path, "error", unsupported(f"bitsandbytes option {key}", value)))
+    elif kwargs is not None:
+        out.append(Remark(("bnb_config_kwargs",), "error", f"{_show(kwargs)} is not valid: expected a mapping"))
+    return out
+
+
+def _plugins(data: dict, lines: dict) -> list[Remark]:
+    value = data.get("plugins")
+    if "plugins" not in data:
+        return []
+    del data["plugins"]
+    if asks_nothing(value):
+        return []
+    if not isinstance(value, list):
+        return [Remark(("plugins",), "error", f"{_show(value)} is not valid: expected a list of plugin class names")]
+    out = []
+    for i, name in enumerate(value):
+        path = ("plugins", i)
+        module = str(name).rsplit(".", 1)[0]
+        kind, what = next(((k, w) for prefix, (k, w) in PLUGINS.items() if module.startswith(prefix)),
+                          ("error", f"the Axolotl plugin {name}"))
+        if kind == "error":
+            out.append(Remark(path, "error", unsupported(what, name)))
+        else:
+            out.append(Remark(path, kind, f"{name}: not applied: {what}"))
+    return out
+
+
+def _tables(data: dict, lines: dict) -> list[Remark]:
+    from tuner.config.axolotl_keys import TOP_LEVEL
+
+    out = []
+    for key in list(data):
+        if key in NOT_APPLIED:
+            value = data.pop(key)
+            if not asks_nothing(value, TOP_LEVEL.get(key)) and value not in ALREADY.get(key, ()):
+                out.append(Remark((key,), "not applied", f"not applied: {NOT_APPLIED[key]}"))
+        elif key in UNSUPPORTED:
+            value = data.pop(key)
+            if not asks_nothing(value, TOP_LEVEL.get(key), OFF.get(key, ())):
+                out.append(Remark((key,), "error", unsupported(UNSUPPORTED[key], value)))
+    rl = data.get("rl")
+    if "rl" in data:
+        del data["rl"]
+        if not asks_nothing(rl):
+            what = f"preference training (rl: {rl})" if str(rl) in ("dpo", "ipo", "orpo", "kto", "simpo", "dpo_norm") \
+                else f"reinforcement learning (rl: {rl})"
+            out.append(Remark(("rl",), "error", unsupported(what, rl)))
+    return out
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
