@@ -45,7 +45,7 @@ def main() -> None:
         t0 = time.perf_counter()
         with record_function("tuner.step"):
             # the same work as tuner.train.step.accumulate_gradients (one process), timed in two phases
-            step_trained = sum(objective.count(b) for b in batches)
+            step_trained = sum(objective.counts(b)["trained_tokens"] for b in batches)
             loss_sum = 0.0
             for batch in batches:
                 t = time.perf_counter()
@@ -57,7 +57,7 @@ def main() -> None:
                 state["phase"]["backward"] += time.perf_counter() - t
                 loss_sum += float(summed.detach())
         state["wall"] += time.perf_counter() - t0
-        return Totals({"loss": loss_sum}, step_trained)
+        return Totals({"loss": loss_sum}, {"trained_tokens": step_trained}, loss_sum / step_trained)
 
     train(cfg, hooks=Hooks(accumulate=accumulate_gradients, save=False))
     prof = state["prof"]

@@ -22,7 +22,8 @@ def per_process_mean(model, batches, accelerator, objective):
         summed = model(**batch)
         accelerator.backward(summed / local)
         loss_sum += summed.detach().double()
-    return Totals({"loss": reduce_sum(accelerator, loss_sum)}, reduce_sum(accelerator, local))
+    loss_sum, count = reduce_sum(accelerator, loss_sum), reduce_sum(accelerator, local)
+    return Totals({"loss": loss_sum}, {"trained_tokens": count}, loss_sum / count)
 
 
 assert sys.argv[1] == "train", "usage: per_process_mean.py train CONFIG"

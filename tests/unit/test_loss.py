@@ -39,7 +39,7 @@ def grads(model):
 def accumulate(model, batches, accelerator):
     """(summed loss, trained tokens) of one SFT step's micro-batches, after its backward."""
     totals = accumulate_gradients(model, batches, accelerator, SFT())
-    return totals.sums["loss"], totals.count
+    return totals.sums["loss"], totals.counts["trained_tokens"]
 
 
 def run(micro_batch, data, accelerator):

@@ -8,6 +8,7 @@ the environment themselves."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -177,30 +178,25 @@ class LogWindow:
     count as training time, so tokens/s is the training throughput."""
 
     def __init__(self) -> None:
-        self.totals: dict[str, float] = {}
-        self.count = 0.0
+        self.sums: dict[str, float] = {}
+        self.counts: dict[str, float] = {}
         self.tokens = 0.0
         self.seconds = 0.0
 
-    def add(self, sums: dict[str, float], count: float, tokens: float, seconds: float) -> None:
+    def add(self, sums: dict[str, float], counts: dict[str, float], loss: float, tokens: float, seconds: float) -> None:
         """One step. A step with a non-finite loss (skipped under nan_policy: skip) adds its
-        tokens and time but not its sums."""
-        if all(map(_finite, sums.values())):
-            for k, v in sums.items():
-                self.totals[k] = self.totals.get(k, 0.0) + v
-            self.count += count
+        tokens and time but not its sums and counts."""
+        if math.isfinite(loss):
+            for into, values in ((self.sums, sums), (self.counts, counts)):
+                for k, v in values.items():
+                    into[k] = into.get(k, 0.0) + v
         self.tokens += tokens
         self.seconds += seconds
 
     def rates(self, count_name: str) -> dict[str, float]:
         seconds = max(self.seconds, 1e-9)
-        return {"tokens_per_second": self.tokens / seconds, f"{count_name}_per_second": self.count / seconds}
-
-
-def _finite(value: float) -> bool:
-    import math
-
-    return math.isfinite(value)
+        return {"tokens_per_second": self.tokens / seconds,
+                f"{count_name}_per_second": self.counts.get(count_name, 0.0) / seconds}
 
 
 class RunLog:

@@ -62,7 +62,7 @@ def fit(run: Run, out: RunLog) -> list[float]:
             state.step = done = step + 1
             losses.append(totals.loss)
             tokens = reduce_sum(acc, sum(run.train_batches.tokens(u) for u in units))
-            window.add(totals.sums, totals.count, tokens, time.perf_counter() - started)
+            window.add(totals.sums, totals.counts, totals.loss, tokens, time.perf_counter() - started)
             if done % t.logging_steps == 0 or done == plan.total_steps:
                 log_window(run, out, window, lr, grad_norm)
                 window = LogWindow()
@@ -90,7 +90,6 @@ def train_step(run: Run, units: list[list[int]], step: int) -> tuple[Totals, flo
     lr = run.scheduler.get_last_lr()[0]
     if math.isfinite(totals.loss) and (grad_norm is None or math.isfinite(grad_norm)):
         run.optimizer.step()
-        state.trained_tokens += int(totals.count)  # the objective's count: trained tokens for SFT
     elif t.nan_policy == "stop":
         good = checkpoint_dirs(run.out_dir)
         raise UserError(
@@ -102,14 +101,16 @@ def train_step(run: Run, units: list[list[int]], step: int) -> tuple[Totals, flo
         state.skipped_steps += 1
         log.warning("step %d: non-finite loss %s, update skipped (%d so far)", step + 1, totals.loss,
                     state.skipped_steps)
+    if math.isfinite(totals.loss):
+        state.trained_tokens += int(totals.counts[run.objective.count_names[0]])  # SFT: trained tokens
     run.scheduler.step()  # the schedule follows the steps, skipped or not
     run.optimizer.zero_grad(set_to_none=True)
     return totals, lr, grad_norm
 
 
 def log_window(run: Run, out: RunLog, window: LogWindow, lr: float, grad_norm: float | None) -> None:
-    state, name = run.state, run.objective.count_name
-    values = run.objective.report(window.totals, window.count, evaluation=False) if window.count else {"loss": math.nan}
+    state, name = run.state, run.objective.count_names[0]
+    values = run.objective.report(window.sums, window.counts, evaluation=False) if window.counts else {"loss": math.nan}
     record = {
         "step": state.step,
         "epoch": round(state.step / run.plan.steps_per_epoch, 4),
@@ -128,7 +129,7 @@ def log_window(run: Run, out: RunLog, window: LogWindow, lr: float, grad_norm: f
 def run_eval(run: Run, out: RunLog, step: int) -> None:
     started = time.perf_counter()
     totals = evaluate(run.module, run.eval_batches, run.cfg.training.micro_batch_size, run.accelerator, run.objective)
-    values = {f"eval_{k}": v for k, v in run.objective.report(totals.sums, totals.count, evaluation=True).items()}
+    values = {f"eval_{k}": v for k, v in run.objective.report(totals.sums, totals.counts, evaluation=True).items()}
     run.state.best_eval_loss = min(values["eval_loss"], run.state.best_eval_loss or math.inf)
     out.write({"step": step, **values, "eval_seconds": time.perf_counter() - started})
     out.progress.note(eval_loss=values["eval_loss"])

@@ -2,12 +2,12 @@
 
 One optimizer step:
   1. take `gradient_accumulation_steps` micro-batches of this process's units,
-  2. count what the loss is normalised by (trained tokens for SFT, pairs for preference
-     training) and sum that count over all processes,
-  3. for each micro-batch, backward (summed loss) * world_size / (the step's count)
-     (DDP averages gradients over processes, hence the world_size),
-so the loss of a step is the sum of its losses divided by its count: every trained token
-(or pair) weighs the same, however they are spread over micro-batches and processes.
+  2. count what the loss terms are normalised by (trained tokens for SFT, pairs for
+     preference training, ...) and sum those counts over all processes,
+  3. for each micro-batch, backward sum over terms of (summed term) * world_size / (its
+     count over the step) (DDP averages gradients over processes, hence the world_size),
+so the loss of a step is each term's sum divided by its count: every trained token (or
+pair) weighs the same, however they are spread over micro-batches and processes.
 """
 
 from __future__ import annotations
@@ -18,24 +18,17 @@ from typing import Any
 
 import torch
 
-from tuner.train.objectives.base import Objective, Units
+from tuner.train.objectives.base import Objective, Units, combined_loss
 
 
 @dataclass
 class Totals:
-    """Sums over a step (or an evaluation), all processes, and what they are normalised by."""
+    """Sums over a step (or an evaluation) on all processes, the counts that normalise them,
+    and the loss they make."""
 
     sums: dict[str, float] = field(default_factory=dict)
-    count: float = 0.0
-
-    @property
-    def loss(self) -> float:
-        return self.sums["loss"] / self.count if self.count else float("nan")
-
-    def add(self, other: Totals) -> None:
-        for k, v in other.sums.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.count += other.count
+    counts: dict[str, float] = field(default_factory=dict)
+    loss: float = float("nan")
 
 
 def reduce_sum(accelerator: Any, value: float | int | torch.Tensor) -> float:
@@ -46,9 +39,9 @@ def reduce_sum(accelerator: Any, value: float | int | torch.Tensor) -> float:
     return float(tensor)
 
 
-def _reduce_sums(accelerator: Any, sums: dict[str, Any], names: tuple[str, ...]) -> dict[str, float]:
-    """Every process reduces the same names (a process without evaluation units sends zeros)."""
-    stacked = torch.stack([torch.as_tensor(sums.get(n, 0.0), dtype=torch.float64).cpu() for n in names])
+def reduce_sums(accelerator: Any, values: dict[str, Any], names: tuple[str, ...]) -> dict[str, float]:
+    """Each named value summed over all processes (a process that has none of a name sends 0)."""
+    stacked = torch.stack([torch.as_tensor(values.get(n, 0.0), dtype=torch.float64).cpu() for n in names])
     stacked = stacked.to(accelerator.device)
     if accelerator.num_processes > 1:
         stacked = accelerator.reduce(stacked, reduction="sum")
@@ -59,35 +52,44 @@ def _on_device(batch: dict[str, torch.Tensor], device: Any) -> dict[str, torch.T
     return {key: value.to(device) for key, value in batch.items()}
 
 
+def _add(into: dict[str, Any], values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        into[name] = into.get(name, 0) + value
+
+
 def accumulate_gradients(module: Any, batches: list[dict[str, torch.Tensor]], accelerator: Any,
                          objective: Objective) -> Totals:
     """Backward over the micro-batches of one optimizer step; the step's totals."""
-    count = reduce_sum(accelerator, sum(objective.count(b) for b in batches))
-    scale = accelerator.num_processes / count
+    local: dict[str, int] = {}
+    for batch in batches:
+        _add(local, objective.counts(batch))
+    counts = reduce_sums(accelerator, local, objective.count_names)
+    scales = {term: accelerator.num_processes / counts[name] for term, name in objective.loss_terms.items()}
     sums: dict[str, torch.Tensor] = {}
     for k, batch in enumerate(batches):
         last = k == len(batches) - 1
         with nullcontext() if last else accelerator.no_sync(module), accelerator.autocast():
             out = objective.sums(module(**_on_device(batch, accelerator.device)))
-        accelerator.backward(out["loss"] * scale)
-        for name, value in out.items():
-            sums[name] = sums.get(name, 0) + value.detach().double()
-    return Totals(_reduce_sums(accelerator, sums, objective.sum_names), count)
+        accelerator.backward(sum(out[term] * scale for term, scale in scales.items()))
+        _add(sums, {name: value.detach().double() for name, value in out.items()})
+    reduced = reduce_sums(accelerator, sums, objective.sum_names)
+    return Totals(reduced, counts, combined_loss(objective, reduced, counts))
 
 
 def evaluate(module: Any, batches: Units, micro_batch_size: int, accelerator: Any, objective: Objective) -> Totals:
     """Totals over the evaluation units, split over processes, without gradients."""
     module.eval()
-    count = 0
+    local: dict[str, int] = {}
     sums: dict[str, torch.Tensor] = {}
     mine = list(range(accelerator.process_index, batches.units, accelerator.num_processes))
     with torch.no_grad():
         for i in range(0, len(mine), micro_batch_size):
             batch = batches.batch(mine[i : i + micro_batch_size])
-            count += objective.count(batch)
+            _add(local, objective.counts(batch))
             with accelerator.autocast():
                 out = objective.sums(module(**_on_device(batch, accelerator.device)))
-            for name, value in out.items():
-                sums[name] = sums.get(name, 0) + value.detach().double()
+            _add(sums, {name: value.detach().double() for name, value in out.items()})
     module.train()
-    return Totals(_reduce_sums(accelerator, sums, objective.sum_names), reduce_sum(accelerator, count))
+    counts = reduce_sums(accelerator, local, objective.count_names)
+    reduced = reduce_sums(accelerator, sums, objective.sum_names)
+    return Totals(reduced, counts, combined_loss(objective, reduced, counts))

@@ -7,12 +7,15 @@ An objective declares
     `tokens(units)` (see tuner.data.pack.Batches);
   * `wrap(model)`: the model and the loss as one module, so that accelerate wraps one
     module whose forward runs every trainable parameter. Its forward(**batch) returns the
-    *sums* of the batch (its loss summed over what it is normalised by, and any metrics
-    summed the same way), and it keeps the model as `.model`;
-  * `count(batch)`: what the loss of a batch is normalised by (trained tokens for SFT, pairs
-    for preference training). The loop divides a step's summed loss by the count of the whole
-    step, all micro-batches and all processes;
-  * `report(sums, count, evaluation)`: the values logged for summed metrics.
+    *sums* of the batch (each loss term summed over what it is normalised by, metrics summed
+    the same way), read by `sums(output)`; the module keeps the model as `.model`;
+  * `counts(batch)`: what the loss terms are normalised by (trained tokens for SFT; pairs,
+    and for an added NLL term chosen tokens, for preference training). `loss_terms` maps each
+    loss term to its count. The loop divides each term's step sum by its count over the whole
+    step, all micro-batches and all processes: the loss of a step is
+        sum over terms of (term summed over the step) / (its count over the step);
+  * `report(sums, counts, evaluation)`: the values logged for a step, a logging window or an
+    evaluation.
 Everything else (the step, accumulation, clipping, NaN policy, signals, checkpoints, eval,
 trackers, report, save) is the loop's, written once.
 """
@@ -39,17 +42,25 @@ class Units(Protocol):
 
 class Objective(Protocol):
     name: str
-    count_name: str  # what `count` counts, as logged: "trained_tokens", "pairs", ...
-    sum_names: tuple[str, ...]  # the names `sums` returns ("loss" first)
+    count_names: tuple[str, ...]  # what `counts` counts; the first is logged as the step's count
+    sum_names: tuple[str, ...]  # the names `sums` returns
+    loss_terms: dict[str, str]  # sum name -> the count it is normalised by
 
     def batches(self, rows: Any, cfg: TunerConfig, pad_token_id: int, evaluation: bool) -> Units: ...
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module: ...
 
-    def sums(self, output: Any) -> dict[str, torch.Tensor]:
-        """The wrapped module's output as named sums; "loss" is the one that trains."""
-        ...
+    def sums(self, output: Any) -> dict[str, torch.Tensor]: ...
 
-    def count(self, batch: dict[str, torch.Tensor]) -> int: ...
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]: ...
 
-    def report(self, sums: dict[str, float], count: float, evaluation: bool) -> dict[str, float]: ...
+    def report(self, sums: dict[str, float], counts: dict[str, float], evaluation: bool) -> dict[str, float]: ...
+
+
+def combined_loss(objective: Objective, sums: dict[str, float], counts: dict[str, float]) -> float:
+    """The loss of summed terms: each term over its own count (NaN when a count is 0)."""
+    total = 0.0
+    for term, count_name in objective.loss_terms.items():
+        count = counts.get(count_name, 0.0)
+        total += sums[term] / count if count else float("nan")
+    return total

@@ -15,12 +15,14 @@ import torch
 from tuner.config.schema import TunerConfig
 from tuner.data.pack import Batches
 from tuner.train.loss import CausalLMLoss, trained_token_count
+from tuner.train.objectives.base import combined_loss
 
 
 class SFT:
     name = "sft"
-    count_name = "trained_tokens"
+    count_names = ("trained_tokens",)
     sum_names = ("loss",)
+    loss_terms = {"loss": "trained_tokens"}
 
     def batches(self, rows: Any, cfg: TunerConfig, pad_token_id: int, evaluation: bool) -> Batches:
         d = cfg.data
@@ -36,11 +38,11 @@ class SFT:
     def sums(self, output: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"loss": output}
 
-    def count(self, batch: dict[str, torch.Tensor]) -> int:
-        return trained_token_count(batch["labels"])
+    def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
+        return {"trained_tokens": trained_token_count(batch["labels"])}
 
-    def report(self, sums: dict[str, float], count: float, evaluation: bool) -> dict[str, float]:
-        loss = sums["loss"] / count if count else math.nan
+    def report(self, sums: dict[str, float], counts: dict[str, float], evaluation: bool) -> dict[str, float]:
+        loss = combined_loss(self, sums, counts)
         if evaluation:
-            return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": int(count)}
+            return {"loss": loss, "perplexity": math.exp(min(loss, 50)), "tokens": int(counts["trained_tokens"])}
         return {"loss": loss}
