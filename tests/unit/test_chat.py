@@ -196,3 +196,179 @@ def test_bad_conversations_name_the_field(smol_tokenizer, row, template, field, 
         ct.encode(row, ds, smol_tokenizer, template or smol_tokenizer.chat_template, False)
     assert info.value.field == field
     assert words in str(info.value)
+
+
+# --------------------------------------------------------------------------- named templates
+
+
+# The token that ends a turn in each named template (markers the SmolLM2 vocabulary lacks are
+# added to a copy of the tokenizer as special tokens, as `special_tokens` / `tokens` would).
+TURN_END = {
+    "chatml": "<|im_end|>", "qwen_25": "<|im_end|>", "qwen3": "<|im_end|>", "qwen3_5": "<|im_end|>",
+    "falcon_h1": "<|im_end|>", "nemotron_h": "<|im_end|>", "phi_4": "<|im_end|>",
+    "llama3": "<|eot_id|>", "llama4": "<|eot|>", "gemma": "<end_of_turn>", "gemma3": "<end_of_turn>",
+    "gemma3n": "<end_of_turn>", "gemma4": "<turn|>", "gemma4_unified": "<turn|>", "phi_3": "<|end|>",
+    "phi_35": "<|end|>", "deepseek_v3": "<｜end▁of▁sentence｜>", "cohere": "<|END_OF_TURN_TOKEN|>",
+    "aya": "<|END_OF_TURN_TOKEN|>", "jamba": "<|eom|>", "exaone": "[|endofturn|]",
+}
+MARKERS = ["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>", "<|header_start|>", "<|header_end|>", "<|eot|>",
+           "<start_of_turn>", "<end_of_turn>", "<|turn>", "<turn|>", "<|end|>", "<|user|>", "<|assistant|>",
+           "<|system|>", "<｜end▁of▁sentence｜>", "<|END_OF_TURN_TOKEN|>", "<|START_OF_TURN_TOKEN|>", "<|eom|>",
+           "<|bom|>", "[|endofturn|]", "<|im_sep|>", "<｜User｜>", "<｜Assistant｜>"]
+# gemma refuses a system message; Mistral v2/v3 write it into the last user turn only, so a conversation
+# ending with an answer loses it (such rows are refused: see DROPS_SYSTEM below).
+NO_SYSTEM = {"gemma", "mistral_v2v3", "mistral_v3_tekken"}
+# Metharme writes EOS once, at the end: an earlier answer ends at the next <|user|> marker.
+LAST_ONLY = {"metharme"}
+# Templates that write a space between an answer and its EOS (the space is template text, not trained).
+SPACED = {"llama2"}
+
+
+@pytest.fixture(scope="module")
+def marked_tokenizer(smol_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(smol_tokenizer_dir))
+    tok.add_special_tokens({"additional_special_tokens": MARKERS})
+    return tok
+
+
+def _runs(labels):
+    """Maximal runs of trained positions, as lists of token ids."""
+    runs, current = [], []
+    for label in labels:
+        if label != IGNORE:
+            current.append(label)
+        elif current:
+            runs.append(current)
+            current = []
+    return runs + ([current] if current else [])
+
+
+@pytest.mark.parametrize("name", __import__("tuner.config.dataset_types", fromlist=["x"]).NAMED_TEMPLATES)
+def test_named_template_trains_exactly_the_answers_and_their_turn_end(marked_tokenizer, name):
+    """For every named template: the trained tokens are each assistant answer (as the template
+    writes it) followed by its end-of-turn token, one run per answer, nothing else."""
+    from tuner.data.templates import named
+
+    tok = marked_tokenizer
+    conversation = CONVERSATION[1:] if name in NO_SYSTEM else CONVERSATION
+    ds = DatasetConfig(path="x", type="chat_template")
+    ids, labels = ct.encode({"messages": conversation}, ds, tok, named(name), False)
+    answers = [m["content"] for m in conversation if m["role"] == "assistant"]
+    end = TURN_END.get(name, tok.eos_token)
+    runs = [tok.decode(run) for run in _runs(labels)]
+    if name in LAST_ONLY:
+        want = [answers[0] + "<|user|>", answers[1] + end]
+    elif name in SPACED:
+        want = [piece for a in answers for piece in (a, end)]
+    else:
+        want = [a + end for a in answers]
+    assert [r.strip() for r in runs] == want, tok.decode(ids)
+
+
+# --------------------------------------------------------------------------- eot_tokens, train_on_eot
+
+
+# Each message ends with <END> (a plain added token, not a special one), and the conversation with EOS.
+END_MARKED = (
+    "{% for message in messages %}{{ message['role'] + ':\\n' + message['content'] + '<END>\\n' }}{% endfor %}"
+    "{{ eos_token }}"
+)
+
+
+@pytest.fixture(scope="module")
+def end_tokenizer(smol_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(smol_tokenizer_dir))
+    tok.add_tokens(["<END>"])  # one token, but not a special one
+    return tok
+
+
+def _trained(tok, labels):
+    return tok.decode([t for t in labels if t != IGNORE])
+
+
+def test_eot_tokens_decide_which_tokens_end_a_turn(end_tokenizer):
+    tok, row = end_tokenizer, {"messages": CONVERSATION[1:5]}
+    ds = DatasetConfig(path="x", type="chat_template")
+    # Without eot_tokens only special tokens end a turn: <END> is not one, so only the last answer
+    # has an end (the EOS closing the conversation).
+    _, labels = ct.encode(row, ds, tok, END_MARKED, False)
+    assert _trained(tok, labels) == "It is blue on a clear day.Mostly black, with stars.<|im_end|>"
+    # With eot_tokens: <END> ends each turn; EOS, not one of them, follows train_on_eos (turn).
+    _, labels = ct.encode(row, ds, tok, END_MARKED, False, eot_tokens=("<END>",))
+    assert _trained(tok, labels) == "It is blue on a clear day.<END>Mostly black, with stars.<END><|im_end|>"
+
+
+def test_train_on_eot_and_train_on_eos_are_separate_options(end_tokenizer):
+    tok, row = end_tokenizer, {"messages": CONVERSATION[1:5]}
+    both = DatasetConfig(path="x", type="chat_template", train_on_eot="turn", train_on_eos="last")
+    _, labels = ct.encode(row, both, tok, END_MARKED, False, eot_tokens=("<END>",))
+    # <END> after each answer (train_on_eot: turn); EOS after the last one (train_on_eos: last).
+    assert _trained(tok, labels) == "It is blue on a clear day.<END>Mostly black, with stars.<END><|im_end|>"
+    no_eot = DatasetConfig(path="x", type="chat_template", train_on_eot="none", train_on_eos="none")
+    _, labels = ct.encode(row, no_eot, tok, END_MARKED, False, eot_tokens=("<END>",))
+    assert _trained(tok, labels) == "It is blue on a clear day.Mostly black, with stars."
+    # train_on_eot defaults to train_on_eos.
+    default = DatasetConfig(path="x", type="chat_template", train_on_eos="all")
+    _, labels = ct.encode(row, default, tok, END_MARKED, False, eot_tokens=("<END>",))
+    assert _trained(tok, labels).count("<END>") == 4
+
+
+def test_eot_tokens_must_be_single_tokens_and_agree_with_eos(smol_tokenizer):
+    from tuner.errors import UserError
+
+    ds = DatasetConfig(path="x", type="chat_template")
+    with pytest.raises(UserError, match=r"eot_tokens: '<end_of_turn>' is \d+ tokens"):
+        ct.encode({"messages": CONVERSATION}, ds, smol_tokenizer, smol_tokenizer.chat_template, False,
+                  eot_tokens=("<end_of_turn>",))
+    conflict = DatasetConfig(path="x", type="chat_template", train_on_eos="turn", train_on_eot="all")
+    with pytest.raises(UserError, match="train_on_eos is turn but train_on_eot is all"):
+        ct.encode({"messages": CONVERSATION}, conflict, smol_tokenizer, smol_tokenizer.chat_template, False,
+                  eot_tokens=("<|im_end|>",))
+
+
+# --------------------------------------------------------------------------- system messages, reasoning
+
+
+def test_drop_system_message(smol_tokenizer):
+    ds = DatasetConfig(path="x", type="chat_template", drop_system_message=True)
+    ids, labels = ct.encode({"messages": CONVERSATION}, ds, smol_tokenizer, smol_tokenizer.chat_template, False)
+    text = smol_tokenizer.decode(ids)
+    assert "one short sentence" not in text and "You are a helpful AI assistant named SmolLM" in text
+    assert _trained(smol_tokenizer, labels) == "It is blue on a clear day.<|im_end|>Mostly black, with stars.<|im_end|>"
+
+
+def test_reasoning_is_rendered_and_trained_with_its_answer(smol_tokenizer):
+    """Qwen3 shows the reasoning of turns after the last user query (trained from the reasoning
+    to the end of the answer) and drops earlier ones (nothing to train there, no error)."""
+    from tuner.data.templates import named
+
+    messages = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4", "reasoning_content": "Two and two make four."},
+        {"role": "user", "content": "3+3?"},
+        {"role": "assistant", "content": "6", "reasoning_content": "Three and three make six."},
+    ]
+    ds = DatasetConfig(path="x", type="chat_template")
+    ids, labels = ct.encode({"messages": messages}, ds, smol_tokenizer, named("qwen3"), False)
+    assert "Two and two" not in smol_tokenizer.decode(ids)
+    assert _trained(smol_tokenizer, labels) == "4<|im_end|>Three and three make six.\n</think>\n\n6<|im_end|>"
+
+
+def test_split_thinking_and_thinking_field_names(smol_tokenizer):
+    from tuner.data.templates import named
+
+    inline = [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "<think>Add them.</think>\n\n4"}]
+    ds = DatasetConfig(path="x", type="chat_template", split_thinking=True)
+    _, labels = ct.encode({"messages": inline}, ds, smol_tokenizer, named("qwen3"), False)
+    assert _trained(smol_tokenizer, labels) == "Add them.\n</think>\n\n4<|im_end|>"
+    # gpt-oss style: the data's key and the template's key named differently from reasoning_content.
+    own = ("{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\\n' }}{% if m.thinking %}"
+           "{{ '[' + m.thinking + ']' }}{% endif %}{{ m['content'] + '<|im_end|>\\n' }}{% endfor %}")
+    row = {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4", "thought": "Add."}]}
+    ds = DatasetConfig(path="x", type="chat_template", field_thinking="thought", template_thinking_key="thinking")
+    _, labels = ct.encode(row, ds, smol_tokenizer, own, False)
+    assert _trained(smol_tokenizer, labels) == "Add.]4<|im_end|>"

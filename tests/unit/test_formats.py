@@ -185,3 +185,122 @@ def test_generate_prompt_is_the_training_prompt(tmp_path):
     assert training_prompt(cfg, "Once upon") == "Once upon"
     with pytest.raises(UserError, match="no input field"):
         training_prompt(cfg, "Once upon", "a time")
+
+
+# --------------------------------------------------------------------------- the registry
+
+
+def test_every_declared_type_has_a_format_and_every_format_is_declared():
+    """config declares the names (it may not import data); the registry implements exactly them."""
+    from tuner.config.dataset_types import DATASET_TYPES, KINDS
+    from tuner.data.formats import FORMATS, DatasetFormat, register
+
+    assert set(FORMATS) == set(KINDS) and set(DATASET_TYPES) < set(FORMATS)
+    assert all(isinstance(f, DatasetFormat) and f.name == name for name, f in FORMATS.items())
+
+    class Undeclared(DatasetFormat):
+        name = "not_declared"
+        field_names = check = encode_many = lambda *a: None
+
+    with pytest.raises(RuntimeError, match="not declared in tuner.config.dataset_types"):
+        register(Undeclared())
+
+
+def test_trained_count_is_one_rule_for_rows_batches_and_arrays():
+    import numpy as np
+    import torch
+
+    from tuner.data.labels import IGNORE as IGN
+    from tuner.data.labels import trained_count
+
+    row = [5, 6, IGN, 8]  # the first position never counts
+    assert trained_count(row) == 2 and trained_count([row, [IGN, 3]]) == 3 and trained_count([]) == 0
+    assert trained_count(np.array(row)) == 2 and trained_count(torch.tensor([row, [IGN, 1, 2, IGN]])) == 4
+
+
+# --------------------------------------------------------------------------- Axolotl's types and spellings
+
+
+def sharegpt_rows():
+    return [{"conversations": [{"from": "human", "value": "Hi!"}, {"from": "gpt", "value": "Hello there."}]},
+            {"conversations": [{"from": "system", "value": "Be terse."}, {"from": "human", "value": "2+2?"},
+                               {"from": "gpt", "value": "4"}]}]
+
+
+@pytest.mark.parametrize("legacy", [
+    {"type": "sharegpt", "conversation": "chatml"},
+    {"type": "sharegpt:chat", "conversation": "chatml"},
+    {"type": "chat_template", "field_messages": "conversations", "message_field_role": "from",
+     "message_field_content": "value", "chat_template": "chatml"},
+])
+def test_legacy_sharegpt_spellings_train_as_chat_template(tmp_path, smol_tokenizer, smol_tokenizer_dir, legacy):
+    from tuner.data.templates import CHATML
+
+    data = write_jsonl(tmp_path / "sharegpt.jsonl", sharegpt_rows())
+    cfg = make_config(tmp_path, base_model=str(smol_tokenizer_dir), datasets=[{"path": str(data), **legacy}],
+                      dataset_prepared_path=str(tmp_path / "prepared"), learning_rate=1e-4, num_epochs=1)
+    ds = cfg.data.datasets[0]
+    assert (ds.kind, ds.field_messages, ds.message_property_mappings, ds.chat_template) == (
+        "chat_template", "conversations", {"role": "from", "content": "value"}, "chatml")
+    renamed = [n for n in cfg.notices if n.kind == "renamed" and n.key.startswith("datasets[0]")]
+    assert renamed and all("write that instead" in n.message for n in renamed)
+    prepared = prepare(cfg, smol_tokenizer, [smol_tokenizer_dir / "tokenizer.json"])
+    assert prepared.chat_template == CHATML  # rendered with chatml, not SmolLM2's own template
+    assert smol_tokenizer.decode(prepared.train[0]["input_ids"]).startswith("<|im_start|>user\nHi!")
+    assert [trained_text(smol_tokenizer, r) for r in prepared.train["labels"]] == ["Hello there.<|im_end|>", "4<|im_end|>"]
+
+
+def test_a_dataset_may_name_its_own_template(tmp_path, smol_tokenizer, smol_tokenizer_dir):
+    data = write_jsonl(tmp_path / "chat.jsonl", chat_rows())
+    prepared = run(tmp_path, smol_tokenizer, smol_tokenizer_dir,
+                   [{"path": str(data), "type": "chat_template", "chat_template": "llama3"},
+                    {"path": str(data), "type": "chat_template"}])
+    first, second = (smol_tokenizer.decode(prepared.train[i]["input_ids"]) for i in (0, 2))
+    assert "<|start_header_id|>user<|end_header_id|>" in first and first.startswith("<|im_start|>")  # llama3 with this BOS
+    assert "You are a helpful AI assistant named SmolLM" in second  # the tokenizer's own
+    assert prepared.chat_template == smol_tokenizer.chat_template  # the top-level one goes with the model
+
+
+def test_axolotl_instruction_type_through_the_pipeline_and_generate(tmp_path, smol_tokenizer, smol_tokenizer_dir):
+    from tuner.infer.generate import training_prompt
+
+    rows = [{"question": "Capital of France?", "category": "GEOGRAPHY", "answer": "Paris"}]
+    data = write_jsonl(tmp_path / "jeopardy.jsonl", rows)
+    prepared = run(tmp_path, smol_tokenizer, smol_tokenizer_dir, [{"path": str(data), "type": "jeopardy:chat"}])
+    text = smol_tokenizer.decode(prepared.train[0]["input_ids"])
+    assert text.startswith("SYSTEM: Below is an instruction that describes a task, paired with an input")
+    assert "USER: Capital of France?\nGEOGRAPHY\nASSISTANT:what is Paris<|im_end|>" in text
+    assert trained_text(smol_tokenizer, prepared.train[0]["labels"]) == "what is Paris<|im_end|>"
+    cfg = make_config(tmp_path, base_model="x", datasets=[{"path": "d.jsonl", "type": "alpaca:chatml"}],
+                      learning_rate=1e-4, num_epochs=1)
+    assert training_prompt(cfg, "Hi", "there") == (
+        "<|im_start|>system\nBelow is an instruction that describes a task, paired with an input that provides further "
+        "context. Write a response that appropriately completes the request.<|im_end|>\n"
+        "<|im_start|>user\nHi\nthere<|im_end|>\n<|im_start|>assistant\n")
+
+
+@pytest.mark.parametrize("entry, key, words", [
+    ({"type": "bradley_terry.chat_template"}, "type", "reward-model training (Bradley-Terry pairs): not supported yet"),
+    ({"type": "chat_template.default"}, "type", "preference training (DPO/ORPO/KTO datasets, with `rl:`): not supported yet"),
+    ({"type": "stepwise_supervised"}, "type", "process-reward-model training"),
+    ({"type": "sharegpt", "conversation": "alpaca_v9"}, "conversation", "expected one of chatml, llama-2"),
+    ({"type": "chat_template", "message_field_role": "from", "message_property_mappings": {"role": "speaker"}},
+     "message_field_role", "keep message_property_mappings"),
+    ({"type": "chat_template", "chat_template": "llava"}, "chat_template", "multimodal template"),
+    ({"type": "alpaca", "drop_system_message": True}, "drop_system_message", "chat_template only"),
+])
+def test_axolotl_types_and_keys_tuner_cannot_honour_are_refused_with_why(tmp_path, entry, key, words):
+    from tuner.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path, base_model="x", learning_rate=1e-4, num_epochs=1, datasets=[{"path": "d.jsonl", **entry}])
+    assert f"datasets[0].{key}" in str(info.value) and words in str(info.value)
+
+
+def test_named_template_typo_lists_the_names(tmp_path):
+    from tuner.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        make_config(tmp_path, base_model="x", learning_rate=1e-4, num_epochs=1, chat_template="gemma_3",
+                    datasets=[{"path": "d.jsonl", "type": "chat_template"}])
+    assert "chat_template" in str(info.value) and "gemma3" in str(info.value) and "Did you mean" in str(info.value)

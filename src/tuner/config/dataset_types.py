@@ -182,17 +182,26 @@ def _sharegpt(entry: dict[str, Any], kind: str) -> list[Notice]:
 # --------------------------------------------------------------------------- chat templates
 
 # Named chat templates (`chat_template: NAME`), each shipped as tuner/data/chat_templates/NAME.jinja
-# (tests check every name has its file and renders as Axolotl's template of that name does).
-NAMED_TEMPLATES = (
-    "chatml", "llama2", "llama3", "llama4", "gemma", "gemma3", "gemma3n", "qwen_25", "qwen3", "qwen3_5", "falcon_h1",
-    "phi_3", "phi_35", "phi_4", "deepseek_v2", "cohere", "mistral_v1", "vicuna", "zephyr",
+# (tests/unit/test_axolotl_parity.py: each renders as Axolotl's template of that name does;
+# tests/unit/test_chat.py: each trains exactly the answers and their end-of-turn tokens).
+TEMPLATE_FILES = (
+    "alpaca", "chatml", "cohere", "deepseek_v2", "deepseek_v3", "exaone", "falcon_h1", "gemma", "gemma3", "gemma4",
+    "jamba", "llama2", "llama3", "llama4", "metharme", "mistral_v1", "mistral_v2v3", "mistral_v3_tekken", "nemotron_h",
+    "phi_3", "phi_35", "phi_4", "qwen3", "qwen_25", "vicuna", "zephyr",
 )
+# Axolotl names whose text conversations render exactly as another's (they differ in images, audio or
+# an unused default): name -> the file that renders them.
+TEMPLATE_ALIASES = {"aya": "cohere", "gemma3n": "gemma3", "gemma4_unified": "gemma4", "qwen3_5": "qwen3"}
+NAMED_TEMPLATES = tuple(sorted(TEMPLATE_FILES + tuple(TEMPLATE_ALIASES)))
 FALLBACK_PREFIX = "tokenizer_default_fallback_"  # the tokenizer's own template, else the named one
 CHAT_TEMPLATES = ("tokenizer_default", "jinja", *NAMED_TEMPLATES)
-# Axolotl template names tuner does not ship: why, and what to use instead.
+# Axolotl template names tuner does not ship, and why.
 UNSHIPPED_TEMPLATES = {
-    name: "a multimodal template (tuner trains text models)"
-    for name in ("llava", "pixtral", "qwen2_vl", "llama3_2_vision")
+    **{name: "a multimodal template (tuner trains text models)" for name in ("llava", "pixtral", "qwen2_vl",
+                                                                            "llama3_2_vision")},
+    **{name: "a template tuner does not ship yet (tool-use/RAG preambles or a date-dependent system prompt); use "
+             "chat_template: tokenizer_default (the model's own) or chat_template_jinja"
+       for name in ("command_a", "command_a_rag", "command_a_tool_use", "mistral_v7_tekken", "exaone4")},
 }
 
 

@@ -1,9 +1,10 @@
 """Chat templates: the tokenizer's own, a named one tuner ships, or one given in the config.
 
 Named templates (`chat_template: gemma3`, ...) are Jinja files in `tuner/data/chat_templates/`,
-one per name in tuner.config.dataset_types.NAMED_TEMPLATES, each rendering text
-conversations as Axolotl's template of that name does (tests/unit/test_templates.py holds
-them to renderings real Axolotl produced, and checks their masking).
+one per name in tuner.config.dataset_types.NAMED_TEMPLATES (a few names share a file), each
+rendering text conversations as Axolotl's template of that name does: tests/unit/
+test_axolotl_parity.py holds them to renderings real Axolotl produced, and tests/unit/test_chat.py
+checks that each trains exactly the answers and their end-of-turn tokens.
 
 A dataset may name its own template (`datasets[i].chat_template`, as Axolotl allows);
 the others use the top-level one. The top-level template (or, when every chat dataset has
@@ -19,7 +20,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from tuner.config.dataset_types import FALLBACK_PREFIX, NAMED_TEMPLATES
+from tuner.config.dataset_types import FALLBACK_PREFIX, NAMED_TEMPLATES, TEMPLATE_ALIASES
 from tuner.config.schema import DataBlock, DatasetConfig
 from tuner.data.formats import get_format
 from tuner.errors import UserError
@@ -30,7 +31,8 @@ def named(name: str) -> str:
     """The text of a template tuner ships."""
     if name not in NAMED_TEMPLATES:
         raise KeyError(name)
-    return (resources.files("tuner.data") / "chat_templates" / f"{name}.jinja").read_text(encoding="utf-8")
+    file = TEMPLATE_ALIASES.get(name, name)
+    return (resources.files("tuner.data") / "chat_templates" / f"{file}.jinja").read_text(encoding="utf-8")
 
 
 CHATML = named("chatml")

@@ -326,7 +326,8 @@ def _register_all() -> None:
         for style in PROMPT_STYLES:
             register(_styled(name, style))
         if name != "alpaca":  # `alpaca` itself is alpaca.py's
-            fmt = _styled(name, "instruct")
+            # NAME alone is the instruct style, except for reflection, whose prompter then keeps its plain defaults
+            fmt = _styled(name, "instruct" if name != "reflection" else "")
             fmt.name = name
             register(fmt)
     user_chat = alpaca_style("chat", USER_CHAT_SYSTEM, USER_CHAT_SYSTEM_NO_INPUT)
