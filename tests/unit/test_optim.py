@@ -34,7 +34,7 @@ def test_each_optimizer_steps_on_cpu_and_lowers_the_loss(name):
     m = model()
     opt = build_optimizer(m.parameters(), training(name))
     first = float(loss_of(m))
-    for _ in range(15):
+    for _ in range(6):
         loss_of(m).backward()
         opt.step()
         opt.zero_grad()
@@ -61,8 +61,6 @@ def test_weight_decay_skips_biases():
     assert decays == [(0.0, 1), (0.1, 2)]
 
 
-@pytest.mark.xfail(strict=True, raises=TypeError, reason="bitsandbytes nests its 8-bit states in "
-                   "`__bnb_optimizer_quant_state__`; train/checkpoint.py splits one level only (handed to the loop's owner)")
 def test_8bit_state_survives_a_checkpoint_round_trip(tmp_path):
     t = training("adamw_bnb_8bit")
 
