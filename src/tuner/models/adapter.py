@@ -59,19 +59,43 @@ def check_added_tokens(a: AdapterBlock, added_ids: list[int]) -> None:
         )
 
 
-def apply_adapter(model: Any, a: AdapterBlock, gradient_checkpointing: bool) -> Any:
-    """The model with its trainable weights set up; a PeftModel when there is an adapter."""
+def apply_adapter(model: Any, a: AdapterBlock, gradient_checkpointing: bool,
+                  checkpointing_kwargs: dict[str, Any] | None = None) -> Any:
+    """The model with its trainable weights set up; a PeftModel when there is an adapter.
+
+    `unfrozen_parameters` with an adapter (as Axolotl): after the adapter is applied, every
+    parameter of the adapted model whose name matches none of the patterns is frozen, LoRA
+    weights included, and the matching ones train."""
     if a.adapter is None:
         if a.unfrozen_parameters:
             freeze_except(model, a.unfrozen_parameters)
         return model
+    adapted = _adapted(model, a, gradient_checkpointing, checkpointing_kwargs or {"use_reentrant": False})
+    if a.unfrozen_parameters:
+        freeze_except(adapted, a.unfrozen_parameters)
+        lost = [n for n, p in adapted.named_parameters() if p.requires_grad and not _saved_with_adapter(n)]
+        if lost:
+            raise UserError(
+                f"unfrozen_parameters: {a.unfrozen_parameters} with adapter: {a.adapter} would train {len(lost)} base "
+                f"parameter(s) (e.g. {lost[0]}) that an adapter does not save, so their training would be lost. "
+                "List those modules in lora_modules_to_save (they then train in full and are saved with the "
+                "adapter), restrict the patterns to the adapter's weights (e.g. 'lora_'), or train without an adapter."
+            )
+    return adapted
+
+
+def _saved_with_adapter(name: str) -> bool:
+    """Whether peft's save_pretrained writes this parameter of a PeftModel."""
+    return any(part in name for part in ("lora_", "modules_to_save", "trainable_tokens"))
+
+
+def _adapted(model: Any, a: AdapterBlock, gradient_checkpointing: bool, checkpointing_kwargs: dict[str, Any]) -> Any:
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if a.load_in_4bit or a.load_in_8bit:
         # peft's k-bit preparation: norms in fp32, input gradients for checkpointing.
         model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False},
+            model, use_gradient_checkpointing=gradient_checkpointing, gradient_checkpointing_kwargs=checkpointing_kwargs,
         )
     if a.lora_model_dir:
         try:
@@ -103,7 +127,8 @@ def freeze_except(model: Any, patterns: list[str]) -> None:
             raise UserError(f"unfrozen_parameters: {p!r} is not a valid regular expression: {err}") from None
     matched = 0
     for name, param in model.named_parameters():
-        param.requires_grad = any(c.search(name) for c in compiled)
+        # only floating-point weights can train (a 4-/8-bit base's packed weights cannot)
+        param.requires_grad = param.is_floating_point() and any(c.search(name) for c in compiled)
         matched += param.requires_grad
     if not matched:
         sample = ", ".join(n for n, _ in list(model.named_parameters())[:4])

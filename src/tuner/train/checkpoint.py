@@ -185,7 +185,9 @@ def _set_rng_states(tensors: dict[str, Any], plain: dict[str, Any]) -> None:
 
 
 def _optimizer_to_files(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Split an optimizer state_dict into tensors (safetensors) and the rest (JSON)."""
+    """Split an optimizer state_dict into tensors (safetensors) and the rest (JSON). Tensors
+    nested in a value (bitsandbytes keeps its quantization state as a dict of tensors) are
+    stored by path and left in the JSON as {"__tensor__": name}."""
     import torch
 
     tensors, plain_state = {}, {}
@@ -194,17 +196,38 @@ def _optimizer_to_files(state: dict[str, Any]) -> tuple[dict[str, Any], dict[str
             if isinstance(value, torch.Tensor):
                 tensors[f"{idx}.{key}"] = value.contiguous()
             else:
-                plain_state.setdefault(str(idx), {})[key] = value
+                plain_state.setdefault(str(idx), {})[key] = _tensors_out(value, f"{idx}.{key}", tensors)
     return tensors, {"state": plain_state, "param_groups": state["param_groups"]}
+
+
+def _tensors_out(value: Any, name: str, tensors: dict[str, Any]) -> Any:
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        tensors[name] = value.contiguous()
+        return {"__tensor__": name}
+    if isinstance(value, dict):
+        return {k: _tensors_out(v, f"{name}/{k}", tensors) for k, v in value.items()}
+    return value
+
+
+def _tensors_in(value: Any, tensors: dict[str, Any]) -> Any:
+    if isinstance(value, dict):
+        if set(value) == {"__tensor__"}:
+            return tensors[value["__tensor__"]]
+        return {k: _tensors_in(v, tensors) for k, v in value.items()}
+    return value
 
 
 def _optimizer_from_files(tensors: dict[str, Any], plain: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
     for name, tensor in tensors.items():
+        if "/" in name:
+            continue  # nested in a value: placed by _tensors_in
         idx, key = name.split(".", 1)
         state.setdefault(int(idx), {})[key] = tensor
     for idx, values in plain["state"].items():
-        state.setdefault(int(idx), {}).update(values)
+        state.setdefault(int(idx), {}).update({k: _tensors_in(v, tensors) for k, v in values.items()})
     groups = []
     for g in plain["param_groups"]:
         g = dict(g)

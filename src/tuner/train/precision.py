@@ -44,3 +44,14 @@ def mixed_precision(t: TrainingBlock) -> str:
 def compute_dtype(precision: str) -> torch.dtype:
     """The dtype autocast computes in (fp32 without mixed precision)."""
     return COMPUTE_DTYPES.get(precision, torch.float32)
+
+
+def apply_tf32(t: TrainingBlock) -> str | None:
+    """`tf32`: TensorFloat-32 matmuls for fp32 work on CUDA GPUs that have it (Ampere and
+    newer; `auto`: on where available). Returns a note when a `tf32: true` cannot apply."""
+    if not torch.cuda.is_available():
+        return "tf32: true is not applied on this machine (no CUDA GPU)" if t.tf32 is True else None
+    on = t.tf32 is True or (t.tf32 == "auto" and torch.cuda.get_device_capability() >= (8, 0))
+    torch.backends.cuda.matmul.fp32_precision = "tf32" if on else "ieee"
+    torch.backends.cudnn.conv.fp32_precision = "tf32" if on else "ieee"
+    return None

@@ -24,7 +24,7 @@ from tuner.train.distributed import accelerator_kwargs, check_world_size
 from tuner.train.objectives import Objective, objective_for
 from tuner.train.objectives.base import Units
 from tuner.train.optim import build_optimizer, build_scheduler
-from tuner.train.precision import compute_dtype, mixed_precision
+from tuner.train.precision import apply_tf32, compute_dtype, mixed_precision
 from tuner.train.step import Totals, accumulate_gradients
 from tuner.train.step_plan import Cadence, StepPlan
 
@@ -77,6 +77,8 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
     accelerator = Accelerator(**accelerator_kwargs(t, mixed_precision(t)))
     check_world_size(accelerator)
     set_seed(t.seed)
+    if (note := apply_tf32(t)) and accelerator.is_main_process:
+        log.info(note)
     out_dir = Path(t.output_dir)
     resume_from = prepare_output_dir(out_dir, t)
 
@@ -138,14 +140,15 @@ def build_model(cfg: TunerConfig, inputs: Inputs, precision: str) -> Any:
     model = load_model(cfg.model, inputs.base, inputs.tokenizer, dtype=dtype if a.adapter else torch.float32,
                        quantization=bnb_config(a, dtype))
     model.config.use_cache = False
+    kwargs = {"use_reentrant": bool(t.gradient_checkpointing_kwargs and t.gradient_checkpointing_kwargs.use_reentrant)}
     if t.gradient_checkpointing:
-        enable_checkpointing(model)
-    return apply_adapter(model, a, t.gradient_checkpointing)
+        enable_checkpointing(model, kwargs)
+    return apply_adapter(model, a, t.gradient_checkpointing, kwargs)
 
 
-def enable_checkpointing(model: Any) -> None:
-    """Recompute decoder-layer activations in backward (non-reentrant, so frozen inputs work)."""
-    kwargs = {"use_reentrant": False}
+def enable_checkpointing(model: Any, kwargs: dict[str, Any]) -> None:
+    """Recompute decoder-layer activations in backward (`gradient_checkpointing_kwargs`; tuner's
+    default is non-reentrant checkpointing, under which frozen inputs work)."""
     if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
         model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
     else:

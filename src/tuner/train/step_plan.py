@@ -64,16 +64,9 @@ class StepPlan:
             epoch, skip = epoch + 1, 0
 
 
-def every(value: int | float | None, total_steps: int) -> int | None:
-    """`save_steps` / `eval_steps`: a step count, or a fraction of all steps."""
-    if value is None:
-        return None
-    return max(1, round(value * total_steps)) if isinstance(value, float) else int(value)
-
-
 @dataclass(frozen=True)
 class Cadence:
-    """When to evaluate and save: every N steps, or (N unset) at the end of each epoch.
+    """When to evaluate and save: every N steps, or (neither set) at the end of each epoch.
     Neither happens after the last step: the final eval and save follow the loop."""
 
     steps_per_epoch: int
@@ -83,8 +76,9 @@ class Cadence:
 
     @classmethod
     def build(cls, t: TrainingBlock, plan: StepPlan) -> Cadence:
-        return cls(plan.steps_per_epoch, plan.total_steps, every(t.eval_steps, plan.total_steps),
-                   every(t.save_steps, plan.total_steps))
+        """`eval_steps` / `evals_per_epoch` and `save_steps` / `saves_per_epoch` (TrainingBlock)."""
+        return cls(plan.steps_per_epoch, plan.total_steps, t.eval_interval(plan.steps_per_epoch, plan.total_steps),
+                   t.save_interval(plan.steps_per_epoch, plan.total_steps))
 
     def _due(self, done: int, interval: int | None) -> bool:
         if done >= self.total_steps:
