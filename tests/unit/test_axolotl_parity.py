@@ -160,11 +160,14 @@ def test_chat_template_labels_equal_axolotl(smol_tokenizer):
     from tuner.data.formats import FORMATS, EncodeContext
     from tuner.data.templates import named
 
+    from tuner.config.dataset_types import rewrite_legacy
+
     rows, theirs = chat_fixture()
     for case in theirs["tokenized"]:
-        ds = DatasetConfig(path="x", type="chat_template", **case["dataset"])
+        entry, notices = rewrite_legacy({"path": "x", "type": "chat_template", **case["dataset"]})  # as load.py does
+        ds = DatasetConfig(**entry)
         if "message_field_role" in case["dataset"]:
-            assert ds.message_property_mappings == {"role": "from", "content": "value"} and ds.legacy_notices
+            assert ds.message_property_mappings == {"role": "from", "content": "value"} and len(notices) == 2
         name = case["config"]["chat_template"]
         template = smol_tokenizer.chat_template if name == "tokenizer_default" else named(name)
         if case["rows"] == "sharegpt":

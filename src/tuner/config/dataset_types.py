@@ -71,6 +71,15 @@ UNSUPPORTED_PREFIXES = {
 }
 
 
+# Dataset keys of objectives tuner does not train yet: key -> the capability (refused "not supported yet").
+UNSUPPORTED_KEYS = {
+    **{key: "preference training (DPO/ORPO/KTO datasets, with `rl:`)"
+       for key in ("field_chosen", "field_rejected", "field_prompt", "field_system_prompt", "chosen_key", "rejected_key")},
+    **{key: "process-reward-model training (stepwise labels)"
+       for key in ("step_separator", "max_completion_length", "train_on_last_step_only")},
+}
+
+
 def unsupported(name: str) -> str | None:
     """The capability a dataset type of another objective needs, or None."""
     for prefix, what in UNSUPPORTED_PREFIXES.items():
@@ -123,6 +132,8 @@ def rewrite_legacy(entry: dict[str, Any]) -> tuple[dict[str, Any], list[Notice]]
             entry["type"] = f"alpaca:{style}"
             notices.append(("conversation", f"`type: alpaca_chat` with `conversation: {style}` is read as "
                                             f"`type: alpaca:{style}` (write that instead)"))
+    if entry.get("type") == "chat_template" and (entry.get("field_human") or entry.get("field_model")):
+        notices += _role_names(entry)
     for old, new in (("message_field_role", "role"), ("message_field_content", "content")):
         if old in entry:
             value = entry.pop(old)
@@ -139,6 +150,36 @@ def rewrite_legacy(entry: dict[str, Any]) -> tuple[dict[str, Any], list[Notice]]
     return entry, notices
 
 
+def default_roles() -> dict[str, list[str]]:
+    """Role names as they appear in common datasets, per role: what `type: chat_template` reads
+    when `roles:` is not given."""
+    return {"system": ["system"], "user": ["user", "human"], "assistant": ["assistant", "gpt", "model", "bot"],
+            "tool": ["tool", "function", "ipython"]}
+
+
+def _add_role_names(entry: dict[str, Any], roles: dict[str, list[str]]) -> list[str]:
+    """Move `field_human` / `field_model` (ShareGPT's role names) into `roles`; what was added."""
+    renamed = []
+    for key, role in (("field_human", "user"), ("field_model", "assistant")):
+        value = entry.pop(key, None)
+        if value:
+            roles[role] = roles[role] + [value]
+            renamed.append(f"{role}: [{value}]")
+    return renamed
+
+
+def _role_names(entry: dict[str, Any]) -> list[Notice]:
+    """`field_human` / `field_model` on a chat_template entry: extra role names."""
+    if entry.get("roles"):
+        return []  # `roles` given too: left for validation to refuse, naming both
+    roles = default_roles()
+    keys = [k for k in ("field_human", "field_model") if entry.get(k)]
+    renamed = _add_role_names(entry, roles)
+    entry["roles"] = roles
+    return [(keys[0], f"`{'` and `'.join(keys)}` {'is a legacy key' if len(keys) == 1 else 'are legacy keys'}; read as "
+                      f"`roles: {{{', '.join(renamed)}, ...}}` (write that instead)")]
+
+
 def _sharegpt(entry: dict[str, Any], kind: str) -> list[Notice]:
     field_messages, mapping, extra_roles = SHAREGPT_LOADERS[kind]
     entry["type"] = "chat_template"
@@ -146,16 +187,10 @@ def _sharegpt(entry: dict[str, Any], kind: str) -> list[Notice]:
     if not entry.get("message_property_mappings") and "message_field_role" not in entry \
             and "message_field_content" not in entry:
         entry["message_property_mappings"] = dict(mapping)
-    roles = {"system": ["system"], "user": ["user", "human"], "assistant": ["assistant", "gpt", "model", "bot"],
-             "tool": ["tool", "function", "ipython"]}
+    roles = default_roles()
     for role, names in extra_roles.items():
         roles[role] = roles[role] + names
-    renamed = []
-    for key, role in (("field_human", "user"), ("field_model", "assistant")):
-        value = entry.pop(key, None)
-        if value:
-            roles[role] = roles[role] + [value]
-            renamed.append(f"{role}: [{value}]")
+    renamed = _add_role_names(entry, roles)
     if extra_roles or renamed:
         entry.setdefault("roles", roles)
     written = [f"type: chat_template", f"field_messages: {entry['field_messages']}"]

@@ -17,14 +17,18 @@ import math
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic_core import PydanticCustomError
+
+from tuner.config import dataset_types
+from tuner.config.dataset_types import CHAT_TEMPLATES, DATASET_TYPES, MAIN_TYPES
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegInt = Annotated[int, Field(ge=0)]
 Precision = Union[bool, Literal["auto"]]
 
-DATASET_TYPES = ("alpaca", "completion", "chat_template", "input_output")
-CHAT_TEMPLATES = ("tokenizer_default", "chatml", "llama3", "jinja")
+# DATASET_TYPES and CHAT_TEMPLATES (the names `type:` and `chat_template:` accept) are declared in
+# tuner.config.dataset_types, where the data stage's registry is checked against them.
 TRAIN_ON_EOS = ("turn", "all", "last", "none")
 FILE_TYPES = ("json", "csv", "parquet")
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
@@ -75,19 +79,53 @@ class UserDefinedFormat(Block):
     system_format: str = Field(default="{system}", description="How the system prompt is written before the prompt.")
 
 
+def _expected(names: tuple[str, ...]) -> str:
+    """Names as pydantic's literal errors list them: 'a', 'b' or 'c'."""
+    quoted = [repr(n) for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]
+
+
+def _dataset_type(name: str) -> str:
+    """A `type` name tuner knows. Axolotl's types of other objectives pass here and are refused,
+    with the capability named, by DatasetConfig.problems."""
+    if name in DATASET_TYPES or dataset_types.unsupported(name):
+        return name
+    raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": _expected(MAIN_TYPES)})
+
+
+def _template_name(name: str) -> str:
+    """A `chat_template` name tuner renders with (multimodal ones pass here and are refused with why)."""
+    if dataset_types.is_template_name(name) or name in dataset_types.UNSHIPPED_TEMPLATES:
+        return name
+    raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": _expected(CHAT_TEMPLATES)})
+
+
+DatasetType = Annotated[str, AfterValidator(_dataset_type)]
+ChatTemplateName = Annotated[str, AfterValidator(_template_name)]
+
 # Dataset keys that only mean something for `type: chat_template`.
-CHAT_KEYS = ("field_messages", "message_property_mappings", "roles", "roles_to_train", "train_on_eos", "message_field_training")
+CHAT_KEYS = (
+    "field_messages", "message_property_mappings", "roles", "roles_to_train", "train_on_eos", "message_field_training",
+    "train_on_eot", "chat_template", "chat_template_jinja", "drop_system_message", "split_thinking", "field_thinking",
+    "template_thinking_key", "message_field_role", "message_field_content", "field_human", "field_model", "conversation",
+)
 
 
 class DatasetConfig(Block):
-    """One entry of `datasets` (or `test_datasets`)."""
+    """One entry of `datasets` (or `test_datasets`).
+
+    Legacy spellings (ShareGPT types, `message_field_role`, ...) are rewritten to what tuner
+    does before validation (load.py calls tuner.config.dataset_types.rewrite_legacy on each
+    entry and reports every rewrite as a notice); the legacy keys below are set only when
+    they could not be rewritten, and `problems` refuses them saying why."""
 
     path: str = Field(description="A local file or folder, or a Hugging Face Hub dataset id.")
-    type: Literal[DATASET_TYPES] | UserDefinedFormat | None = Field(  # type: ignore[valid-type]
+    type: DatasetType | UserDefinedFormat | None = Field(
         default=None,
         description=(
             "How rows become a prompt and a trained completion: alpaca, completion, chat_template, "
-            "input_output, a mapping (user-defined format), or left out for pre-tokenized rows."
+            "input_output, a mapping (user-defined format), or left out for pre-tokenized rows. Axolotl's other "
+            "instruction types (alpaca:chat, jeopardy, oasst, context_qa, ...) and legacy ones (sharegpt, ...) too."
         ),
     )
     data_files: str | list[str] | None = Field(
@@ -119,16 +157,87 @@ class DatasetConfig(Block):
         default="turn",
         description="chat_template: which end-of-turn tokens train: turn (of trained turns), all, last, none.",
     )
+    train_on_eot: Literal[TRAIN_ON_EOS] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="chat_template: as train_on_eos, for the `eot_tokens` (default: as train_on_eos); train_on_eos "
+        "then covers the EOS token where it is not one of them.",
+    )
     message_field_training: str = Field(
         default="training", description="chat_template: a per-message true/false that overrides roles_to_train."
     )
+    chat_template: ChatTemplateName | None = Field(
+        default=None, description="chat_template: this dataset's template (default: the top-level chat_template)."
+    )
+    chat_template_jinja: str | None = Field(
+        default=None, description="chat_template: a Jinja template of this dataset's own."
+    )
+    drop_system_message: bool = Field(
+        default=False, description="chat_template: leave out a conversation's first message when it is a system one."
+    )
+    split_thinking: bool = Field(
+        default=False,
+        description="chat_template: take an assistant's reasoning out of its content (<think>...</think>) and give "
+        "it to the template as template_thinking_key.",
+    )
+    field_thinking: str = Field(
+        default="reasoning_content", description="chat_template: the message key holding the message's reasoning."
+    )
+    template_thinking_key: str = Field(
+        default="reasoning_content", description="chat_template: the key the chat template reads reasoning from."
+    )
+    # Legacy keys: rewritten before validation; set here only when they cannot be (refused, naming why).
+    conversation: Literal[tuple(dataset_types.CONVERSATIONS)] | None = Field(  # type: ignore[valid-type]
+        default=None, exclude=True, description="Legacy (ShareGPT types): the conversation template; write chat_template instead."
+    )
+    message_field_role: str | None = Field(
+        default=None, exclude=True, description="Deprecated: write message_property_mappings: {role: ...}."
+    )
+    message_field_content: str | None = Field(
+        default=None, exclude=True, description="Deprecated: write message_property_mappings: {content: ...}."
+    )
+    field_human: str | None = Field(default=None, exclude=True, description="Legacy: write roles: {user: [...]}.")
+    field_model: str | None = Field(default=None, exclude=True, description="Legacy: write roles: {assistant: [...]}.")
 
     @property
     def kind(self) -> str:
-        """'alpaca' | 'completion' | 'chat_template' | 'input_output' | 'user_defined' | 'pretokenized'."""
+        """The format that prepares this dataset (a tuner.config.dataset_types.KINDS name): the
+        `type` name, 'user_defined' for a mapping, 'pretokenized' when `type` is left out."""
         if self.type is None:
             return "pretokenized"
         return "user_defined" if isinstance(self.type, UserDefinedFormat) else self.type
+
+    def problems(self, path: tuple[Any, ...]) -> list[Problem]:
+        """Rules within one dataset entry; `path` is where it sits (("datasets", 0))."""
+        out = []
+        capability = dataset_types.unsupported(self.kind)
+        if capability is not None:
+            out.append(Problem(path + ("type",), f"{self.kind!r} is an Axolotl dataset type for {capability}: "
+                                                 "not supported yet."))
+        if self.field is not None and self.kind != "completion":
+            out.append(Problem(path + ("field",), f"`field` applies to type completion only, not {self.kind}."))
+        if self.kind != "chat_template":
+            for name in sorted(set(CHAT_KEYS) & self.model_fields_set):
+                out.append(Problem(path + (name,), f"{name} applies to type chat_template only, not {self.kind}."))
+            return out
+        for key, new in (("message_field_role", "role"), ("message_field_content", "content")):
+            if getattr(self, key) is not None:  # left by rewrite_legacy: it contradicts the mappings
+                out.append(Problem(path + (key,), f"{key} is {getattr(self, key)!r} but message_property_mappings."
+                                                  f"{new} is {(self.message_property_mappings or {}).get(new)!r}; keep "
+                                                  "message_property_mappings (message_field_* is deprecated)."))
+        for key in ("conversation", "field_human", "field_model"):
+            if getattr(self, key) is not None:
+                out.append(Problem(path + (key,), f"{key} is a key of the legacy sharegpt types; with chat_template write "
+                                                  + ("chat_template instead." if key == "conversation" else "roles instead.")))
+        if self.chat_template in dataset_types.UNSHIPPED_TEMPLATES:
+            out.append(Problem(path + ("chat_template",), f"{self.chat_template!r} is "
+                                                          f"{dataset_types.UNSHIPPED_TEMPLATES[self.chat_template]}: "
+                                                          "not supported yet."))
+        if self.chat_template == "jinja" and not self.chat_template_jinja:
+            out.append(Problem(path + ("chat_template",), "chat_template: jinja needs the template in chat_template_jinja."))
+        if self.chat_template_jinja and self.chat_template not in (None, "jinja"):
+            out.append(Problem(path + ("chat_template_jinja",), f"chat_template_jinja is set but chat_template is "
+                                                                f"{self.chat_template}; remove one."))
+        return out
 
 
 class ModelBlock(Block):
@@ -199,9 +308,11 @@ class DataBlock(Block):
     test_datasets: list[DatasetConfig] | None = Field(
         default=None, description="An explicit evaluation set (instead of holding out val_set_size rows)."
     )
-    chat_template: Literal[CHAT_TEMPLATES] | None = Field(  # type: ignore[valid-type]
+    chat_template: ChatTemplateName | None = Field(
         default=None,
-        description="Template for chat_template datasets: tokenizer_default, chatml, llama3, or jinja (with chat_template_jinja).",
+        description="Template for chat_template datasets: tokenizer_default (the tokenizer's own), a named one "
+        "(chatml, llama3, gemma3, qwen3, ...; tuner ships each), tokenizer_default_fallback_NAME, or jinja (with "
+        "chat_template_jinja).",
     )
     chat_template_jinja: str | None = Field(
         default=None, description="A Jinja chat template of your own (implies chat_template: jinja)."
@@ -476,7 +587,7 @@ class TunerConfig(BaseModel):
             for key in ("datasets", "test_datasets"):
                 for entry, ds in zip(values.get(key) or [], getattr(self.data, key) or []):
                     for chat_key in CHAT_KEYS if ds.kind != "chat_template" else ():
-                        entry.pop(chat_key)
+                        entry.pop(chat_key, None)
         return values
 
     def to_flat(self) -> dict[str, Any]:
@@ -645,6 +756,9 @@ def _eval_problems(cfg: TunerConfig) -> list[Problem]:
 
 def _chat_template_problems(d: DataBlock) -> list[Problem]:
     problems = []
+    if d.chat_template in dataset_types.UNSHIPPED_TEMPLATES:
+        problems.append(Problem(("chat_template",), f"{d.chat_template!r} is "
+                                f"{dataset_types.UNSHIPPED_TEMPLATES[d.chat_template]}: not supported yet."))
     if d.chat_template == "jinja" and not d.chat_template_jinja:
         problems.append(Problem(("chat_template",), "chat_template: jinja needs the template in chat_template_jinja."))
     if d.chat_template_jinja and d.chat_template not in (None, "jinja"):
@@ -658,11 +772,7 @@ def _dataset_problems(d: DataBlock) -> list[Problem]:
     problems = []
     for key, entries in (("datasets", d.datasets), ("test_datasets", d.test_datasets or [])):
         for i, ds in enumerate(entries):
-            if ds.field is not None and ds.kind != "completion":
-                problems.append(Problem((key, i, "field"), f"`field` applies to type completion only, not {ds.kind}."))
-            if ds.kind != "chat_template":
-                for name in sorted(set(CHAT_KEYS) & ds.model_fields_set):
-                    problems.append(Problem((key, i, name), f"{name} applies to type chat_template only, not {ds.kind}."))
+            problems += ds.problems((key, i))
             if isinstance(ds.type, UserDefinedFormat):
                 problems += _format_problems(ds.type, (key, i, "type"))
     return problems

@@ -36,6 +36,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from typing import Any
 
+from tuner.config.dataset_types import default_roles
 from tuner.config.schema import DatasetConfig
 from tuner.data.formats.base import DatasetFormat, EncodeContext, EncodeResult, FieldError, register
 from tuner.data.labels import IGNORE
@@ -44,12 +45,7 @@ from tuner.errors import UserError
 log = logging.getLogger("tuner")
 
 # Role names as they appear in common datasets, per role (`roles:` in the config replaces this).
-DEFAULT_ROLES = {
-    "system": ["system"],
-    "user": ["user", "human"],
-    "assistant": ["assistant", "gpt", "model", "bot"],
-    "tool": ["tool", "function", "ipython"],
-}
+DEFAULT_ROLES = default_roles()
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 # Axolotl's split_thinking: reasoning written inside the content, and an optional answer wrapper.
 THINKING_TAGS = [("<think>", "</think>"), ("<reasoning>", "</reasoning>"), ("<|begin_of_thought|>", "<|end_of_thought|>")]
