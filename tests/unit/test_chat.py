@@ -372,3 +372,24 @@ def test_split_thinking_and_thinking_field_names(smol_tokenizer):
     ds = DatasetConfig(path="x", type="chat_template", field_thinking="thought", template_thinking_key="thinking")
     _, labels = ct.encode(row, ds, smol_tokenizer, own, False)
     assert _trained(smol_tokenizer, labels) == "Add.]4<|im_end|>"
+
+
+def test_rows_system_field_roles_to_train_by_data_name_and_tool_calls(smol_tokenizer):
+    from tuner.data.templates import named
+
+    # A row's own `system` field opens the conversation when its messages have none (as in Axolotl).
+    row = {"system": "Answer in French.", "messages": CONVERSATION[1:3]}
+    ids, _ = ct.encode(row, DatasetConfig(path="x", type="chat_template"), smol_tokenizer, named("chatml"), False)
+    assert smol_tokenizer.decode(ids).startswith("<|im_start|>system\nAnswer in French.<|im_end|>")
+    # roles_to_train may name the data's roles (gpt) as Axolotl allows.
+    sharegpt = {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}
+    ds = DatasetConfig(path="x", type="chat_template", field_messages="conversations", roles_to_train=["gpt"],
+                       message_property_mappings={"role": "from", "content": "value"})
+    _, labels = ct.encode(sharegpt, ds, smol_tokenizer, named("chatml"), False)
+    assert _trained(smol_tokenizer, labels) == "Hello!<|im_end|>"
+    # Tool calls would be dropped from the rendering: refused, naming the message.
+    calls = {"messages": [{"role": "user", "content": "6*7?"},
+                          {"role": "assistant", "content": "", "tool_calls": [{"function": {"name": "mul"}}]}]}
+    with pytest.raises(FieldError) as info:
+        ct.encode(calls, DatasetConfig(path="x", type="chat_template"), smol_tokenizer, named("chatml"), False)
+    assert info.value.field == "messages[1].tool_calls" and "not supported yet" in str(info.value)

@@ -23,6 +23,10 @@ How the trained tokens are found
      them train follows `train_on_eot` (default: `train_on_eos`): `turn` (those ending
      trained messages), `all`, `last` (only the last trained message's), `none`. The EOS
      token follows `train_on_eos` where it is not itself an end-of-turn token.
+  As in Axolotl, a row's own `system` field opens the conversation when its messages have no
+  system message, `drop_system_message` leaves the first system message out, and
+  `roles_to_train` may use the data's role names (gpt) too. Messages with `tool_calls` are
+  refused (tuner gives templates role, content and reasoning only).
   Templates with `{% generation %}` markers use the markers instead (when only the
   assistant role trains, no message overrides it, and no reasoning or `eot_tokens` is
   involved): transformers' assistant mask decides.
@@ -46,6 +50,7 @@ log = logging.getLogger("tuner")
 
 # Role names as they appear in common datasets, per role (`roles:` in the config replaces this).
 DEFAULT_ROLES = default_roles()
+ROW_SYSTEM = "system"  # a row field Axolotl reads as the system prompt when the messages have none
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 # Axolotl's split_thinking: reasoning written inside the content, and an optional answer wrapper.
 THINKING_TAGS = [("<think>", "</think>"), ("<reasoning>", "</reasoning>"), ("<|begin_of_thought|>", "<|end_of_thought|>")]
@@ -60,6 +65,10 @@ class Message:
     content: str
     training: bool | None  # per-message override of roles_to_train
     thinking: str | None = None  # the message's reasoning, rendered by templates that show it
+    index: int | None = None  # its position in the row's list (None: the row's `system` field)
+
+    def where(self, field: str) -> str:
+        return f"{field}[{self.index}]" if self.index is not None else ROW_SYSTEM
 
 
 def _role_table(ds: DatasetConfig) -> dict[str, str]:
@@ -96,6 +105,9 @@ def messages(row: dict[str, Any], ds: DatasetConfig) -> list[Message]:
     thinking_key = keys.get(ds.template_thinking_key, ds.field_thinking)
     roles = _role_table(ds)
     out = []
+    system = row.get(ROW_SYSTEM)
+    if isinstance(system, str) and system and not _is_system(raw[0], keys, roles):
+        out.append(Message("system", system, None))  # as Axolotl: a row's `system` field opens the conversation
     for i, msg in enumerate(raw):
         where = f"{name}[{i}]"
         if not isinstance(msg, dict):
@@ -108,6 +120,9 @@ def messages(row: dict[str, Any], ds: DatasetConfig) -> list[Message]:
             raise FieldError(f"{where}.{keys['role']}", f"has unknown role {role!r} (known: {known}; map others with `roles:`)")
         if not isinstance(content, str):
             raise FieldError(f"{where}.{keys['content']}", "is missing or not a string")
+        if msg.get("tool_calls"):
+            raise FieldError(f"{where}.tool_calls", "tool calls are not supported yet (tuner gives the template each "
+                                                    "message's role, content and reasoning only)")
         training = msg.get(ds.message_field_training)
         if training is not None and not isinstance(training, bool):
             raise FieldError(f"{where}.{ds.message_field_training}", f"must be true or false, got {training!r}")
@@ -117,7 +132,7 @@ def messages(row: dict[str, Any], ds: DatasetConfig) -> list[Message]:
         role = roles[role]
         if ds.split_thinking and role == "assistant" and thinking is None:
             content, thinking = _split_thinking(content)
-        out.append(Message(role, content, training, thinking))
+        out.append(Message(role, content, training, thinking, i))
     if ds.drop_system_message and out[0].role == "system":
         out = out[1:]
         if not out:
@@ -125,8 +140,18 @@ def messages(row: dict[str, Any], ds: DatasetConfig) -> list[Message]:
     return out
 
 
-def is_trained(msg: Message, ds: DatasetConfig) -> bool:
-    return msg.training if msg.training is not None else msg.role in ds.roles_to_train
+def _is_system(msg: Any, keys: dict[str, str], roles: dict[str, str]) -> bool:
+    return isinstance(msg, dict) and roles.get(msg.get(keys["role"])) == "system"
+
+
+def trained_roles(ds: DatasetConfig) -> set[str]:
+    """The template's role names of `roles_to_train`, which may also use the data's names (gpt)."""
+    table = _role_table(ds)
+    return {table.get(r, r) for r in ds.roles_to_train}
+
+
+def is_trained(msg: Message, roles: set[str]) -> bool:
+    return msg.training if msg.training is not None else msg.role in roles
 
 
 def _as_dicts(msgs: list[Message], ds: DatasetConfig) -> list[dict[str, str]]:
@@ -197,7 +222,7 @@ def locate(text: str, msgs: list[Message], field: str, thinking_field: str = "re
                 "so its tokens cannot be told apart from template text"
             )
             name = "content" if kind == "content" else thinking_field
-            raise FieldError(f"{field}[{first}].{name}", f"({msgs[first].role}) {what}")
+            raise FieldError(f"{msgs[first].where(field)}.{name}", f"({msgs[first].role}) {what}")
         for (i, kind), start in zip(members, found):
             span = (start, start + len(needle))
             getattr(found_at, kind)[i] = span
@@ -211,8 +236,8 @@ def locate(text: str, msgs: list[Message], field: str, thinking_field: str = "re
             if span[0] < previous_end:
                 name = "content" if kind == "content" else thinking_field
                 raise FieldError(
-                    f"{field}[{i}].{name}",
-                    f"({msgs[i].role}) comes before message {previous} in the rendering: the chat template moves "
+                    f"{msgs[i].where(field)}.{name}",
+                    f"({msgs[i].role}) comes before message {msgs[previous].index} in the rendering: the chat template moves "
                     "messages, so their tokens cannot be located",
                 )
             previous_end, previous = span[1], i
@@ -310,7 +335,7 @@ class ChatTemplate(DatasetFormat):
 
     def field_names(self, ds: DatasetConfig | None) -> tuple[str, ...]:
         assert ds is not None
-        return (ds.field_messages,)
+        return (ds.field_messages, ROW_SYSTEM)
 
     def check(self, row: dict[str, Any], ds: DatasetConfig | None) -> None:
         assert ds is not None
@@ -341,6 +366,7 @@ class ChatTemplate(DatasetFormat):
             return results
         enc = tokenizer([p[1] for p in pending], add_special_tokens=False, return_offsets_mapping=True)
         ends = _ends(ds, ctx)
+        roles = trained_roles(ds)
         special = _special_ids(tokenizer) if ends.eot_ids is None else set()
         for (at, _, msgs, spans), ids, offsets in zip(pending, enc["input_ids"], enc["offset_mapping"]):
             ids = list(ids)
@@ -349,9 +375,9 @@ class ChatTemplate(DatasetFormat):
                 continue
             starts, stops = [o[0] for o in offsets], [o[1] for o in offsets]
             ordered = _non_decreasing(starts) and _non_decreasing(stops)
-            trained = [spans.trained_span(i) for i, m in enumerate(msgs) if is_trained(m, ds)]
+            trained = [spans.trained_span(i) for i, m in enumerate(msgs) if is_trained(m, roles)]
             labels = _content_labels(ids, starts, stops, ordered, [s for s in trained if s is not None])
-            for t in _end_tokens(msgs, spans, ids, starts, ordered, ds, ends, special):
+            for t in _end_tokens(msgs, spans, ids, starts, ordered, roles, ends, special):
                 labels[t] = ids[t]
             results[at] = (ids, labels)
         return results
@@ -401,13 +427,13 @@ def _chosen(option: str, located: list[int], trained: list[int]) -> list[int]:
     return {"all": located, "last": trained[-1:], "turn": trained, "none": []}[option]
 
 
-def _end_tokens(msgs, spans: Located, ids, starts: list[int], ordered: bool, ds: DatasetConfig, ends: _Ends,
+def _end_tokens(msgs, spans: Located, ids, starts: list[int], ordered: bool, roles: set[str], ends: _Ends,
                 special: set[int]) -> list[int]:
     """Token positions of the end-of-turn (and EOS) tokens that train."""
     if ends.eot_option == "none" and ends.eos_option == "none":
         return []
     located = [i for i in range(len(msgs)) if spans.first(i) is not None]
-    trained = [i for i in located if is_trained(msgs[i], ds)]
+    trained = [i for i in located if is_trained(msgs[i], roles)]
     out = []
     if ends.eot_ids is None:  # any special token ends a turn; EOS follows train_on_eos
         for i, t in _first_after(spans, ids, starts, ordered, special).items():
