@@ -436,9 +436,9 @@ def _end_tokens(msgs, spans: Located, ids, starts: list[int], ordered: bool, rol
     trained = [i for i in located if is_trained(msgs[i], roles)]
     out = []
     if ends.eot_ids is None:  # any special token ends a turn; EOS follows train_on_eos
+        chosen = {option: set(_chosen(option, located, trained)) for option in {ends.eos_option, ends.eot_option}}
         for i, t in _first_after(spans, ids, starts, ordered, special).items():
-            option = ends.eos_option if ids[t] == ends.eos_id else ends.eot_option
-            if i in _chosen(option, located, trained):
+            if i in chosen[ends.eos_option if ids[t] == ends.eos_id else ends.eot_option]:
                 out.append(t)
         return out
     for wanted, option in ((ends.eot_ids, ends.eot_option), ({ends.eos_id} - ends.eot_ids, ends.eos_option)):
