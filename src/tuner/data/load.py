@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuner.config.schema import FILE_TYPES, DatasetConfig
-from tuner.data.formats import FieldError, get_format
+from tuner.data.formats import DatasetFormat, FieldError, get_format
 from tuner.errors import UserError
 
 if TYPE_CHECKING:
@@ -196,12 +196,9 @@ def _is_utf8(path: Path) -> bool:
     return True
 
 
-def check_row(fmt: Any, row: dict[str, Any], ds: DatasetConfig) -> None:
+def check_row(fmt: DatasetFormat, row: dict[str, Any], ds: DatasetConfig) -> None:
     """The format's own checks of one row (without a tokenizer). Raises FieldError."""
-    if hasattr(fmt, "check"):
-        fmt.check(row, ds)
-    else:
-        fmt.segments(row, ds)
+    fmt.check(row, ds)
 
 
 def _has_surrogates(text: str) -> bool:
@@ -214,7 +211,7 @@ def _from_python_rows(
     """Validate rows read in Python with the dataset type's own field checks; keep its fields."""
     from datasets import Dataset
 
-    fmt = get_format(ds.kind)
+    fmt = get_format(ds)
     fields = fmt.field_names(ds)
     kept: list[dict[str, Any]] = []
     for index, value in rows:
