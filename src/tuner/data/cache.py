@@ -40,12 +40,16 @@ def file_sha256(path: Path) -> str:
 
 def token_keys(cfg: TunerConfig, key: str = "datasets") -> dict[str, Any]:
     """The config keys whose values change the prepared tokens of `datasets` (or `test_datasets`)."""
-    d, m = cfg.data, cfg.model
+    d, m, p = cfg.data, cfg.model, cfg.preference
     return {
         key: [ds.model_dump(mode="json") for ds in getattr(d, key) or []],
         "sequence_len": d.sequence_len,
         "excess_length_strategy": d.excess_length_strategy,
         "train_on_inputs": d.train_on_inputs,
+        "eot_tokens": d.eot_tokens,
+        # what a prepared row holds (SFT sequences, preference pairs, KTO examples) and how pairs are cut
+        "rows": None if p.rl is None else "unpaired" if p.rl == "kto" else "pair",
+        "max_prompt_len": p.max_prompt_len if p.rl else None,
         "tokenizer_type": m.tokenizer_type,
         "tokenizer_use_fast": m.tokenizer_use_fast,
         "special_tokens": m.special_tokens.model_dump(mode="json") if m.special_tokens else None,

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from tuner.data.tokenize import IGNORE
+from tuner.data.labels import IGNORE
 
 
 def shuffled_order(rows: int, seed: int) -> list[int]:
