@@ -550,11 +550,87 @@ class AdapterBlock(Block):
     )
 
 
+RL_METHODS = ("dpo", "ipo", "simpo", "orpo", "kto")
+PAIRED_METHODS = ("dpo", "ipo", "simpo", "orpo")
+
+
+class TRLBlock(Block):
+    """`trl:` settings as Axolotl writes them (only those tuner's objectives read)."""
+
+    beta: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="The same as rl_beta (Axolotl accepts both; they must agree)."
+    )
+
+
+class PreferenceBlock(Block):
+    """Preference training (`rl:`): DPO and its loss types, IPO, SimPO, ORPO, KTO. Axolotl's
+    keys; each method's own keys are refused with another method."""
+
+    rl: Literal[RL_METHODS] | None = Field(  # type: ignore[valid-type]
+        default=None,
+        description="Train on preferences instead of SFT: dpo, ipo, simpo (CPO-SimPO), orpo or kto.",
+    )
+    rl_beta: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="beta: the strength of the preference (default 0.1; ORPO: orpo_alpha)."
+    )
+    dpo_loss_type: list[str] | None = Field(
+        default=None,
+        description="rl: dpo: TRL's loss types, e.g. [sigmoid] (default), [hinge], [ipo], [sigmoid, sft] (RPO).",
+    )
+    dpo_loss_weights: list[Annotated[float, Field(ge=0)]] | None = Field(
+        default=None, description="rl: dpo: one weight per dpo_loss_type entry (default 1 each)."
+    )
+    dpo_label_smoothing: Annotated[float, Field(ge=0, lt=0.5)] | None = Field(
+        default=None,
+        description="rl: dpo: the probability that a pair's preference is flipped: conservative DPO (cDPO) with "
+        "sigmoid, or the noise rate of robust / exo_pair / aot.",
+    )
+    rpo_alpha: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="rl: dpo: weight of an NLL term on the chosen completions (RPO)."
+    )
+    simpo_gamma: float | None = Field(default=None, description="rl: simpo: the target reward margin (default 0.5).")
+    cpo_alpha: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
+        description="rl: simpo: weight of the NLL term on chosen completions (default 1.0, as TRL; 0 is the paper's SimPO).",
+    )
+    orpo_alpha: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="rl: orpo: lambda, the weight of the odds-ratio term (default 0.1)."
+    )
+    kto_desirable_weight: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="rl: kto: weight of desirable examples' losses (default 1.0)."
+    )
+    kto_undesirable_weight: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="rl: kto: weight of undesirable examples' losses (default 1.0)."
+    )
+    precompute_ref_log_probs: bool = Field(
+        default=False,
+        description="rl: dpo/ipo/kto: compute the reference model's log-probs once before training and free it.",
+    )
+    max_prompt_len: PositiveInt | None = Field(
+        default=None,
+        description="With excess_length_strategy: truncate, prompts are cut to their last max_prompt_len tokens "
+        "first, then completions (default: half of sequence_len).",
+    )
+    trl: TRLBlock | None = Field(default=None, description="Axolotl's `trl:` settings (beta).")
+
+    @property
+    def beta(self) -> float:
+        """The method's beta: rl_beta (or trl.beta); ORPO's is orpo_alpha; default 0.1."""
+        if self.rl == "orpo" and self.orpo_alpha is not None:
+            return self.orpo_alpha
+        if self.rl_beta is not None:
+            return self.rl_beta
+        if self.trl is not None and self.trl.beta is not None:
+            return self.trl.beta
+        return 0.1
+
+
 BLOCKS: dict[str, type[Block]] = {
     "model": ModelBlock,
     "data": DataBlock,
     "training": TrainingBlock,
     "adapter": AdapterBlock,
+    "preference": PreferenceBlock,
 }
 
 
@@ -567,6 +643,7 @@ class TunerConfig(BaseModel):
     data: DataBlock
     training: TrainingBlock
     adapter: AdapterBlock
+    preference: PreferenceBlock = Field(default_factory=PreferenceBlock)
     # What validation accepted but reports: renamed keys, keys not applied, warnings (not part of the dump).
     _notices: tuple[Notice, ...] = PrivateAttr(default=())
 
@@ -583,6 +660,8 @@ class TunerConfig(BaseModel):
         values = getattr(self, name).model_dump(mode="json")
         if name == "adapter" and self.adapter.adapter is None:
             values = {"adapter": None, "unfrozen_parameters": values["unfrozen_parameters"]}
+        if name == "preference" and self.preference.rl is None:
+            values = {"rl": None}
         if name == "data":
             for key in ("datasets", "test_datasets"):
                 for entry, ds in zip(values.get(key) or [], getattr(self.data, key) or []):
