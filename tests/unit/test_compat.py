@@ -77,11 +77,23 @@ def test_speed_only_keys_are_reported_not_applied():
 
 
 def test_capabilities_tuner_lacks_are_not_supported_yet_with_the_capability():
-    lines = refused("rl: dpo\nprocessor_type: AutoProcessor\ncontext_parallel_size: 2\nqat:\n  weight_dtype: int4\n")
+    lines = refused("processor_type: AutoProcessor\ncontext_parallel_size: 2\nqat:\n  weight_dtype: int4\n")
     joined = "\n".join(lines)
-    assert "rl (line 7): 'dpo': not supported yet: preference training (rl: dpo)" in joined
-    assert "multimodal" in joined and "context parallelism" in joined and "quantization-aware training" in joined
-    ok("context_parallel_size: 1\nrl:\nprocessor_type:\n")  # asks for nothing
+    assert "processor_type (line 7): 'AutoProcessor': not supported yet: multimodal training" in joined
+    assert "context parallelism" in joined and "quantization-aware training" in joined
+    ok("context_parallel_size: 1\nprocessor_type:\n")  # asks for nothing
+
+
+def test_a_key_the_schema_has_is_the_schemas():
+    """A capability that lands as a schema field (rl: preference training) is no longer refused here."""
+    from tuner.config import compat
+    from tuner.config.schema import BLOCKS
+
+    fields = {k for b in BLOCKS.values() for k in b.model_fields}
+    data = {k: 1 for k in (set(compat.UNSUPPORTED) | set(compat.NOT_APPLIED)) & fields}
+    kept = dict(data)
+    compat._tables(data, {})
+    assert data == kept
 
 
 def test_cadences_tf32_and_checkpointing_kwargs_are_typed():

@@ -598,10 +598,14 @@ def _plugins(data: dict, lines: dict) -> list[Remark]:
 
 
 def _tables(data: dict, lines: dict) -> list[Remark]:
+    """NOT_APPLIED and UNSUPPORTED keys, and `rl`; a key the schema has a field for is the schema's
+    (so a capability that lands needs no edit here to stop being refused)."""
     from tuner.config.axolotl_keys import TOP_LEVEL
+    from tuner.config.schema import BLOCKS
 
+    fields = {k for block in BLOCKS.values() for k in block.model_fields}
     out = []
-    for key in list(data):
+    for key in [k for k in data if k not in fields]:
         if key in NOT_APPLIED:
             value = data.pop(key)
             if not asks_nothing(value, TOP_LEVEL.get(key)) and value not in ALREADY.get(key, ()):
@@ -611,7 +615,7 @@ def _tables(data: dict, lines: dict) -> list[Remark]:
             if not asks_nothing(value, TOP_LEVEL.get(key), OFF.get(key, ())):
                 out.append(Remark((key,), "error", unsupported(UNSUPPORTED[key], value)))
     rl = data.get("rl")
-    if "rl" in data:
+    if "rl" in data and "rl" not in fields:
         del data["rl"]
         if not asks_nothing(rl):
             what = f"preference training (rl: {rl})" if str(rl) in ("dpo", "ipo", "orpo", "kto", "simpo", "dpo_norm") \

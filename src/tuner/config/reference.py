@@ -114,6 +114,7 @@ SAME_WHEN_UNSET = {
     "adam_beta2": "0.999 (HF Trainer)", "adam_epsilon": "1e-08 (HF Trainer)", "max_grad_norm": "1.0 (HF Trainer)",
     "fp16": "false", "torch_compile": "false", "use_tensorboard": "false", "wandb_mode": "online (W&B's)",
     "use_mlflow": "false", "seed": "42 (HF Trainer)", "peft_use_dora": "false", "peft_use_rslora": "false",
+    "precompute_ref_log_probs": "false (TRL's)",
 }
 
 # Keys whose default (or what their default does) differs from Axolotl 0.19: (Axolotl, why).
@@ -218,6 +219,8 @@ def failure_reason(line: str) -> str:
 
     if m := re.search(r"not supported yet: (.+?)\. An Axolotl key", line):
         return m.group(1)
+    if m := re.search(r" (?:for|is) (.+?): not supported yet", line):  # dataset types and templates
+        return m.group(1)
     key = re.split(r" \(line \d+\)|: ", line, maxsplit=1)[0]
     key = re.sub(r"\[\d+\]", "[]", key)
     if "is set but there is no adapter" in line:
@@ -230,6 +233,10 @@ def failure_reason(line: str) -> str:
         return "a model class that is not a causal LM (multimodal model classes)"
     if "unknown top-level key" in line:
         return f"a key Axolotl does not have either (`{key}`)"
+    if key == "rl" and "is not valid" in line:
+        return "an RL method tuner does not train yet (rl: " + line.split(": ", 1)[1].split(" is not valid")[0] + ")"
+    if "unknown dataset key" in line:
+        return f"a dataset key tuner does not read (`{key.rsplit('.', 1)[-1]}`)"
     if key.endswith("chat_template") and "is not valid" in line:
         return "chat templates tuner does not ship yet (" + line.split(": ", 1)[1].split(" is not valid")[0] + ")"
     return f"other: {line}"
