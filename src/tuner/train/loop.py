@@ -88,8 +88,13 @@ def train_step(run: Run, units: list[list[int]], step: int) -> tuple[Totals, flo
     totals = run.hooks.accumulate(run.module, batches, acc, run.objective)
     grad_norm = float(acc.clip_grad_norm_(run.module.parameters(), t.max_grad_norm)) if t.max_grad_norm else None
     lr = run.scheduler.get_last_lr()[0]
-    if math.isfinite(totals.loss) and (grad_norm is None or math.isfinite(grad_norm)):
+    finite_grads = grad_norm is None or math.isfinite(grad_norm)
+    if math.isfinite(totals.loss) and (finite_grads or acc.mixed_precision == "fp16"):
+        # under fp16, gradients that overflowed are the grad scaler's: it skips the update and lowers the scale
         run.optimizer.step()
+        if not finite_grads:
+            log.info("step %d: fp16 gradients overflowed; the grad scaler skipped the update and lowered its scale",
+                     step + 1)
     elif t.nan_policy == "stop":
         good = checkpoint_dirs(run.out_dir)
         raise UserError(
