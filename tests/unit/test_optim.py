@@ -14,8 +14,10 @@ from tuner.train.optim import BNB, build_optimizer, build_scheduler
 
 def model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    # 96x96 = 9216 elements: above bitsandbytes' 4096-element threshold for 8-bit states.
-    return torch.nn.Sequential(torch.nn.Linear(96, 96), torch.nn.Tanh(), torch.nn.Linear(96, 4))
+    # Two 96x96 = 9216-element weights: above bitsandbytes' 4096-element threshold for 8-bit states,
+    # so their states share bitsandbytes' one qmap tensor (which a checkpoint must survive).
+    return torch.nn.Sequential(torch.nn.Linear(96, 96), torch.nn.Tanh(), torch.nn.Linear(96, 96), torch.nn.Tanh(),
+                               torch.nn.Linear(96, 4))
 
 
 def training(name: str, **extra) -> TrainingBlock:

@@ -204,7 +204,9 @@ def _tensors_out(value: Any, name: str, tensors: dict[str, Any]) -> Any:
     import torch
 
     if isinstance(value, torch.Tensor):
-        tensors[name] = value.contiguous()
+        # a copy: bitsandbytes shares one qmap tensor between every parameter's state, and
+        # safetensors refuses tensors that share memory
+        tensors[name] = value.detach().clone().contiguous()
         return {"__tensor__": name}
     if isinstance(value, dict):
         return {k: _tensors_out(v, f"{name}/{k}", tensors) for k, v in value.items()}
