@@ -27,8 +27,15 @@ def write_config(path: Path, **values: Any) -> Path:
     return path
 
 
+def class_names(data: dict[str, Any]) -> list:
+    """The CLI's class-name check (tuner.models.resolve), passed to validation as the CLI does."""
+    from tuner.models.resolve import class_name_problems
+
+    return class_name_problems(data.get("model_type"), data.get("tokenizer_type"))
+
+
 def make_config(tmp_path: Path, **values: Any) -> TunerConfig:
-    return load_config(write_config(tmp_path / "config.yml", **values))
+    return load_config(write_config(tmp_path / "config.yml", **values), checks=[class_names])
 
 
 def alpaca_rows(n: int = 40) -> list[dict[str, str]]:

@@ -25,9 +25,19 @@ Any config key can be overridden after the config path, e.g.
 
 
 def _config(args: argparse.Namespace, overrides: list[str]):
+    """The validated config (class names checked too); its notices are printed once, by the
+    main process, before the command runs."""
     from tuner.config import load_config
+    from tuner.models.resolve import class_name_problems
 
-    return load_config(args.config, overrides)
+    def class_names(data: dict):
+        return class_name_problems(data.get("model_type"), data.get("tokenizer_type"))
+
+    cfg = load_config(args.config, overrides, checks=[class_names])
+    if os.environ.get("RANK", "0") == "0":
+        for notice in cfg.notices:
+            log.warning("%s: %s", args.config, notice)
+    return cfg
 
 
 def cmd_validate(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -50,11 +60,10 @@ def _quiet_libraries() -> None:
 def _prepare(cfg):
     """(prepared data, tokenizer) for a config: the data stage, without model weights."""
     from tuner.data.pipeline import prepare
-    from tuner.models.load import load_tokenizer, resolve_base, tokenizer_files
+    from tuner.models.inputs import load_inputs
 
-    base = resolve_base(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, base)
-    return prepare(cfg, tokenizer, tokenizer_files(cfg.model, base)), tokenizer
+    inputs = load_inputs(cfg)
+    return prepare(cfg, inputs.tokenizer, inputs.tokenizer_files), inputs.tokenizer
 
 
 def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -89,6 +98,24 @@ def cmd_merge_lora(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_export_gguf(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pathlib import Path
+
+    cfg = _config(args, overrides)
+    _quiet_libraries()
+    from tuner.export.gguf import check_quant, export_trained, llama_cpp_command
+
+    quant = check_quant(args.quant)
+    model_dir = Path(args.model_dir or cfg.training.output_dir)
+    output = Path(args.output) if args.output else model_dir / f"model-{quant}.gguf"
+    result = export_trained(cfg, model_dir, output, quant)
+    print(f"GGUF saved to {result.path} ({result.arch}, {quant}, {result.tensors} tensors, {result.bytes / 2**20:.0f} MiB)")
+    for note in result.notes:
+        print(f"  {note}")
+    print(f"run it with llama.cpp:  {llama_cpp_command(result.path)}")
+    return 0
+
+
 def _sampling(args: argparse.Namespace):
     from tuner.infer.generate import Sampling
 
@@ -114,7 +141,9 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     if not prompt.strip():
         raise UserError("no prompt: give --prompt TEXT, --prompt-file FILE, or text on stdin")
     from tuner.infer.generate import generate
+    from tuner.models.inputs import load_inputs
 
+    load_inputs(cfg)  # the config's base and tokenizer checks, as train made them
     model_dir = Path(args.model_dir) if args.model_dir else None
     print(generate(cfg, prompt, _sampling(args), model_dir, args.chat_template, args.input or ""))
     return 0
@@ -126,7 +155,9 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = _config(args, overrides)
     _quiet_libraries()
     from tuner.infer.generate import chat
+    from tuner.models.inputs import load_inputs
 
+    load_inputs(cfg)  # the config's base and tokenizer checks, as train made them
     chat(cfg, _sampling(args), Path(args.model_dir) if args.model_dir else None)
     return 0
 
@@ -134,7 +165,7 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_info(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = _config(args, overrides)
     _quiet_libraries()
-    from tuner.models.info import info_report
+    from tuner.plan import info_report
 
     print(info_report(cfg, device_memory=args.device_memory))
     return 0
@@ -190,6 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train": (cmd_train, "train (preparing the datasets first when needed)"),
         "inspect": (cmd_inspect, "show prepared rows token by token (trained ones marked) and dataset statistics"),
         "merge-lora": (cmd_merge_lora, "merge the trained adapter into the base weights (a standard HF folder)"),
+        "export-gguf": (cmd_export_gguf, "write the trained model (adapter merged) as one GGUF file for llama.cpp"),
         "generate": (cmd_generate, "complete one prompt with the trained model"),
         "chat": (cmd_chat, "talk to the trained model, turn by turn (stdin)"),
         "info": (cmd_info, "what would train: classes, parameters, and a memory plan for one step (no weights loaded)"),
@@ -220,6 +252,10 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--lora-model-dir", help="the adapter folder (default: output_dir)")
             p.add_argument("--output", help="where to write the merged model (default: ADAPTER/merged)")
             p.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: the base folder's)")
+        if name == "export-gguf":
+            p.add_argument("--model-dir", help="the trained adapter or full model (default: output_dir)")
+            p.add_argument("--output", help="the .gguf file to write (default: MODEL_DIR/model-QUANT.gguf)")
+            p.add_argument("--quant", default="f16", help="f16 (default) | bf16 | f32 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0")
         if name in ("generate", "chat"):
             p.add_argument("--model-dir", help="the trained model or adapter (default: output_dir)")
             p.add_argument("--max-new-tokens", type=int, default=128)
