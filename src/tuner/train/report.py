@@ -1,6 +1,12 @@
-"""The end-of-run report: `output_dir/report.png` (losses, learning rate, tokens/s by step)
-and a short summary (`summary.json`), both computed from `metrics.jsonl` alone, so
-`tuner report OUTPUT_DIR` can redraw them at any time, also while a run is still going.
+"""The end-of-run report: `output_dir/report.png` (losses, learning rate, training
+throughput, and where the time went: seconds per training step beside each evaluation's and
+checkpoint save's duration) and a short summary (`summary.json`), both computed from
+`metrics.jsonl` alone, so `tuner report OUTPUT_DIR` can redraw them at any time, also while a
+run is still going.
+
+Throughput is over training time only: a step record's tokens/s divides the tokens of its
+logging window by `train_seconds`, the time its steps took; evaluations (`eval_seconds`) and
+checkpoint saves (`save_seconds`) are timed as records of their own.
 """
 
 from __future__ import annotations
@@ -28,6 +34,24 @@ def read_metrics(out_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
+def time_split(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Training time and throughput apart from evaluation and checkpoint time (None where the
+    records predate these fields)."""
+    steps = [r for r in records if "loss" in r and "train_seconds" in r]
+    evals = [r["eval_seconds"] for r in records if "eval_seconds" in r]
+    saves = [r["save_seconds"] for r in records if "save_seconds" in r]
+    train = sum(r["train_seconds"] for r in steps)
+    tokens = sum(r.get("tokens_per_second", 0.0) * r["train_seconds"] for r in steps)
+    return {
+        "train_seconds": round(train, 2) if steps else None,
+        "tokens_per_second": round(tokens / train, 1) if steps and train > 0 else None,
+        "evaluations": len(evals),
+        "eval_seconds": round(sum(evals), 2),
+        "checkpoint_saves": len(saves),
+        "save_seconds": round(sum(saves), 2),
+    }
+
+
 def summarize(records: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
@@ -45,6 +69,7 @@ def summarize(records: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
         "finished": end is not None,
         "saved_to": end.get("saved_to") if end else None,
         "output_dir": str(out_dir),
+        **time_split(records),
     }
 
 
@@ -54,10 +79,21 @@ def describe(summary: dict[str, Any]) -> str:
 
     total = f" of {summary['total_steps']}" if summary["total_steps"] else ""
     state = f"saved to {summary['saved_to']}" if summary["finished"] else "not finished"
+    timing = ""
+    if summary.get("train_seconds") is not None:
+        timing = f"; training {summary['train_seconds']:.1f}s"
+        if summary.get("tokens_per_second") is not None:
+            rate = summary["tokens_per_second"]
+            timing += f" at {rate:,.0f} tokens/s" if rate >= 100 else f" at {rate:.3g} tokens/s"
+        if summary.get("evaluations"):
+            timing += f", {summary['evaluations']} evaluation(s) {summary['eval_seconds']:.1f}s"
+        if summary.get("checkpoint_saves"):
+            timing += f", {summary['checkpoint_saves']} checkpoint save(s) {summary['save_seconds']:.1f}s"
     return (
         f"steps {summary['steps']}{total}, trained tokens {summary['trained_tokens']:,}, "
         f"wall time {summary['wall_time_seconds']:.0f}s, final loss {fmt(summary['final_train_loss'])}, "
-        f"final eval loss {fmt(summary['final_eval_loss'])}, best eval loss {fmt(summary['best_eval_loss'])}; {state}"
+        f"final eval loss {fmt(summary['final_eval_loss'])}, best eval loss {fmt(summary['best_eval_loss'])}"
+        f"{timing}; {state}"
     )
 
 
@@ -66,10 +102,11 @@ def draw(records: list[dict[str, Any]], path: Path, title: str) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
-    fig, axes = plt.subplots(3, 1, figsize=(8, 9), sharex=True)
+    fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
     axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss")
     if evals:
         axes[0].plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
@@ -80,9 +117,11 @@ def draw(records: list[dict[str, Any]], path: Path, title: str) -> None:
     axes[2].plot([r["step"] for r in steps], [r.get("tokens_per_second", 0) for r in steps], color="tab:red", label="tokens/s")
     axes[2].plot([r["step"] for r in steps], [r.get("trained_tokens_per_second", 0) for r in steps],
                  color="tab:orange", label="trained tokens/s")
-    axes[2].set_ylabel("tokens / s")
-    axes[2].set_xlabel("step")
-    axes[2].legend()
+    axes[2].set_ylabel("tokens / s\n(training time)")
+    axes[2].legend(fontsize="small")
+    draw_durations(axes[3], records)
+    axes[3].set_xlabel("step")
+    axes[3].xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
@@ -91,6 +130,32 @@ def draw(records: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def draw_durations(ax: Any, records: list[dict[str, Any]]) -> None:
+    """Seconds per training step (each logging window's train_seconds over its steps) as a line;
+    each evaluation and checkpoint save as a bar of its own duration at the step it followed."""
+    previous, xs, per_step = 0, [], []
+    for r in records:
+        if r.get("event") == "start":
+            previous = r.get("from_step", 0)  # a resumed run's first window starts at its checkpoint
+        elif "loss" in r and "train_seconds" in r:
+            xs.append(r["step"])
+            per_step.append(r["train_seconds"] / max(r["step"] - previous, 1))
+            previous = r["step"]
+    if xs:
+        ax.plot(xs, per_step, color="tab:blue", label="training, s per step")
+    evals = [(r["step"], r["eval_seconds"]) for r in records if "eval_seconds" in r]
+    saves = [(r["step"], r["save_seconds"]) for r in records if "save_seconds" in r]
+    for marks, width, color, label in ((evals, 0.4, "tab:purple", "evaluation, s"),
+                                       (saves, -0.4, "tab:gray", "checkpoint save, s")):
+        if marks:
+            bars = ax.bar([s for s, _ in marks], [v for _, v in marks], width=width, align="edge", color=color,
+                          alpha=0.6, label=label)
+            ax.bar_label(bars, labels=[f"{v:.3g}" for _, v in marks], fontsize="x-small")
+    ax.set_ylabel("seconds")
+    if xs or evals or saves:
+        ax.legend(fontsize="small")
 
 
 def write_report(out_dir: Path) -> dict[str, Any]:
