@@ -230,9 +230,11 @@ def test_plan_phases(tmp_path, tiny_dir):
     # Gradients stay alive through later micro-batches under accumulation.
     accumulated = plan(gradient_accumulation_steps=4)
     assert accumulated.phases["backward start"] == base.phases["backward start"] + base.gradients
-    # The loss runs on chunks of at most CHUNK_TOKENS positions: 12 B per logit in backward.
+    # The loss runs on chunks of the loss's own size (tuner.train.loss.chunk_positions): 12 B per logit in backward.
+    from tuner.train.loss import chunk_positions
+
     big = plan(micro_batch_size=16, sequence_len=256)
-    assert big.chunk == 2048 and big.loss == 12 * 49152 * 2048
+    assert big.chunk == chunk_positions(49152) == 455 and big.loss == 12 * 49152 * 455
     lora = plan(adapter="lora", lora_target_linear=True)
     assert lora.optimizer < base.optimizer / 10 and lora.weight_copies < base.weight_copies
     assert "fits" in fit_line(lora, lora_cfg := tiny_cfg(tmp_path, tiny_dir), 64 * GiB, "test")

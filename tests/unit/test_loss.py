@@ -103,7 +103,8 @@ def test_head_only_on_trained_positions_equals_full_logits(family, monkeypatch):
         "mistral": lambda: MistralConfig(**common), "gemma": lambda: GemmaConfig(**common, head_dim=8),
         "gemma2": lambda: Gemma2Config(**common, head_dim=8, final_logit_softcapping=5.0),
     }[family]()
-    monkeypatch.setattr(loss_mod, "CHUNK_TOKENS", 7)  # several chunks per batch
+    monkeypatch.setattr(loss_mod, "MIN_CHUNK", 1)
+    monkeypatch.setattr(loss_mod, "LOSS_CHUNK_BYTES", 7 * 12 * 97)  # 7 positions a chunk: several per batch
     data = rows()
     batch = pad_batch([r[0] for r in data], [r[1] for r in data], 0)
     results = []

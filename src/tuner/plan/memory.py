@@ -61,14 +61,23 @@ activations: what autograd saves for backward, per token of one decoder layer
     Gradient checkpointing: a layer keeps only its input (r * h, r the residual stream's size:
     4 for full fine-tuning and k-bit bases, `a` for LoRA); backward recomputes one layer at a
     time.
+    Selective recomputation (tuner's default without gradient checkpointing, torch_compile,
+    a k-bit base or DoRA: tuner.train.loss.selective_recompute): a layer keeps its input
+    (r * h), the output of every matmul (o * out per linear; LoRA: + a * r for A, and B's
+    output only when r > h / 8) and of the attention kernel (sdpa: a * H * d + 4 * H; eager:
+    + a * H * S of scores); the rest is recomputed one layer at a time in backward, where that
+    layer's full set (the walk above) exists once. SmolLM2-135M LoRA in bf16: 12,932 B/token/
+    layer kept instead of 29,196 (sequence_len 256, packed).
 autocast weight copies
     Under autocast every fp32 matrix a matmul uses is cast to `a`: trainable ones once, cached
     until the forward ends; frozen ones (unfrozen_parameters) at each use. Copies that a
-    layer's backward needs stay alive until it runs (without checkpointing). A head weight
+    layer's backward needs stay alive until it runs (without any recomputation). A head weight
     that is not in the compute dtype is cast again for every loss chunk (a * V * h).
 loss logits
-    tuner's CausalLMLoss runs the head + cross-entropy on chunks of c = min(K, CHUNK_TOKENS)
-    positions, recomputed in backward. Forward holds the fp32 logits and their log-softmax
+    tuner's CausalLMLoss runs the head + cross-entropy on chunks of c = min(K, chunk) positions,
+    recomputed in backward, where `chunk` (tuner.train.loss.chunk_positions, the same function
+    the loss uses) is the most positions whose backward fits 256 MiB: 455 for a 49,152-token
+    vocabulary. Forward holds the fp32 logits and their log-softmax
     (8 B per logit); backward the saved log-softmax, the NLL gradient and the log-softmax
     gradient: 12 * V * c bytes (+ 8 with Gemma's soft-cap). Models outside `PLAIN_HEAD` run
     the full logits: the log-softmax of all T positions stays saved (4 * V * T) and backward
@@ -79,27 +88,30 @@ the peak
       end of forward    activations + all weight copies + loss forward
       backward start    activations + copies still saved + the first chunk's loss backward
                         (usually the peak: every activation is still alive)
-      layer recompute   checkpoints + one layer's activations, copies and gradients
+      layer recompute   what the layers keep + one layer's activations, copies and gradients
+                        (gradient checkpointing and selective recomputation)
       end of backward   gradients (+ the dense embedding gradient when embeddings are tied)
       optimizer step    gradients (+ unfused AdamW's sqrt(exp_avg_sq))
     With gradient accumulation the gradients stay alive through the later micro-batches.
     total = runtime + weights + optimizer state + step overhead + the largest point.
 runtime and step overhead (the two fixed terms)
-    runtime: 0.5 GiB for the process itself (Python, torch, transformers, the tokenizer, the
-    prepared data): SmolLM2 runs measure 0.45-0.5 GiB of RSS before the model loads; a CUDA
-    context is of the same order. Step overhead: 48 MiB that a first step adds besides its
+    runtime: 0.5 GiB for the process itself (Python, torch, transformers, peft, the tokenizer,
+    the prepared data): SmolLM2 runs measure 0.45-0.5 GiB of RSS before the model loads; a
+    CUDA context is of the same order. Step overhead: 48 MiB that a first step adds besides its
     tensors (oneDNN kernel caches, the autograd graph's own objects, small blocks in malloc's
     arenas): SmolLM2 steps of 16 tokens, where every tensor term is small, measure 40-60 MiB
     of RSS above the tensors, for LoRA and full fine-tuning alike.
 
-Measured on SmolLM2 (tests/e2e/test_memory_plan.py: full fine-tuning, LoRA and QLoRA, with
-and without gradient checkpointing) the plan is within 2% of the peak RSS above the loaded
-model. Not modelled: sharding (FSDP / DeepSpeed divide weights, gradients and optimizer state
-over processes), torch.compile, mixture-of-experts routing (experts count as dense layers),
-CUDA kernels' own choices (the formulas follow torch's CPU kernels), and allocator
-overhead: glibc's malloc keeps freed blocks in its heap once its dynamic mmap threshold has
-grown, so on CPU RSS can read up to a third above the plan (`MALLOC_MMAP_THRESHOLD_=131072`
-makes RSS follow the tensors); CUDA's caching allocator has its own fragmentation.
+tests/e2e/test_memory_plan.py compares the plan with SmolLM2 runs (full fine-tuning, LoRA and
+QLoRA, with and without gradient checkpointing): with the peak RSS above the loaded model, and
+with the whole process's peak RSS (plan.total), each within 25%. Not modelled: sharding (FSDP
+/ DeepSpeed divide weights, gradients and optimizer state over processes), torch.compile,
+mixture-of-experts routing (experts count as dense layers), CUDA kernels' own choices (the
+formulas follow torch's CPU kernels), and allocator overhead. On CPU the training process sets
+glibc's mmap threshold to 1 MiB at start (tuner.train.setup.tune_malloc), so freed activation
+blocks go back to the system and RSS follows the tensors; with glibc's default (a threshold
+that grows to 32 MiB) freed blocks stay in the heap and RSS reads well above the plan. CUDA's
+caching allocator has its own fragmentation.
 """
 
 from __future__ import annotations
@@ -223,6 +235,31 @@ def layer_bytes_per_token(layer: LayerInfo, p: ParamFacts, r: Regime, seq: int, 
     return total
 
 
+def layer_kept_bytes(layer: LayerInfo, p: ParamFacts, r: Regime, seq: int, attn: str) -> int:
+    """Bytes per token one decoder layer keeps for backward under selective recomputation
+    (tuner.train.loss.selective_recompute): its input, the output of every matrix multiply the
+    policy keeps (the projections; LoRA's A, r wide; LoRA's B only when r > hidden / 8) and of
+    the attention kernel (sdpa: the output and 4 B per head of log-sum-exp; eager: both batched
+    matmuls, the scores a * H * S). Everything else is recomputed in backward."""
+    from tuner.train.loss import LOW_RANK
+
+    if not layer.active:
+        return 0
+    a, h = r.a, p.hidden
+    total = r.residual * h
+    for lin in layer.linears:
+        total += r.out * lin.out_features
+        if lin.lora_r:
+            total += a * lin.lora_r
+            if lin.lora_r * LOW_RANK > h:
+                total += a * lin.out_features
+    if attn == "eager":
+        total += a * p.heads * seq + a * p.heads * p.head_dim
+    else:
+        total += a * p.heads * p.head_dim + 4 * p.heads
+    return total
+
+
 def layer_copy_bytes(layer: LayerInfo, r: Regime) -> tuple[int, int]:
     """(cached, saved) bytes of autocast's compute-dtype copies of one layer's fp32 matrices.
 
@@ -272,6 +309,8 @@ class MemoryPlan:
     layer_copies: list[int]  # autocast weight copies per decoder layer (no checkpointing)
     outside_saved: int  # saved outside the layers (final norm, gathered hidden states, ...)
     notes: list[str] = field(default_factory=list)
+    selective: bool = False  # selective recomputation (tuner.train.loss.selective_recompute)
+    layer_kept: list[int] = field(default_factory=list)  # bytes per decoder layer kept under it
 
     @property
     def step(self) -> int:
@@ -303,7 +342,7 @@ def weight_bytes(cfg: TunerConfig, p: ParamFacts, r: Regime) -> tuple[int, str]:
 
 
 def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
-    from tuner.train.loss import PLAIN_HEAD
+    from tuner.train.loss import PLAIN_HEAD, uses_selective_recompute
 
     t, d = cfg.training, cfg.data
     r = regime(cfg, precision)
@@ -314,6 +353,7 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
     h, V = p.hidden, p.vocab
     attn = cfg.model.attn_implementation
     gc = t.gradient_checkpointing
+    selective = uses_selective_recompute(cfg)
     model_type = p.model_type
 
     weights, weights_note = weight_bytes(cfg, p, r)
@@ -329,8 +369,11 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
     outside = T * (final_norm + 8 + 1) + rope + B * S * S
     if plain_head:
         outside += K * (h * r.final + 8)
+    layer_kept = [layer_kept_bytes(layer, p, r, span, attn) * T for layer in p.layers] if selective else []
     if gc:
         activations = sum(T * h * r.residual for layer in p.layers if layer.active) + outside
+    elif selective:
+        activations = sum(layer_kept) + outside
     else:
         activations = sum(layer_saved) + outside + a * p.dora_extra  # DoRA: eye(in) and lora_A(eye) per linear
 
@@ -347,13 +390,14 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
     accumulated = grads if t.gradient_accumulation_steps > 1 else 0
     in_flight = accumulated or (head_grad if chunks > 1 else 0)
 
+    recomputes = gc or selective  # a layer's saved tensors and weight copies exist one layer at a time
     phases = {
-        "end of forward": activations + loss_saved + (cached if gc else copies) + head_copy + loss_fwd + accumulated,
-        "backward start": activations + (0 if gc else copies) + head_copy + loss_bwd + in_flight,
+        "end of forward": activations + loss_saved + (cached if recomputes else copies) + head_copy + loss_fwd + accumulated,
+        "backward start": activations + (0 if recomputes else copies) + head_copy + loss_bwd + in_flight,
         "end of backward": grads + (4 * V * h if (p.tied and p.embed_trains) else 0),
         "optimizer step": grads + optimizer_temporaries(t.optimizer, p),
     }
-    if gc:
+    if recomputes:
         layer = max(layer_saved, default=0)
         per_layer_copies = max((c + s for c, s in layer_copies), default=0)
         transient = T * (2 * h * r.residual + 4 * r.out * p.intermediate)
@@ -370,6 +414,7 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
         optimizer=optimizer, activations=activations, weight_copies=copies + head_copy, loss=loss_bwd,
         runtime=RUNTIME_BYTES, phases=phases, peak_phase=peak_phase, total=total, lines=[],
         layer_saved=layer_saved, layer_copies=[c + s for c, s in layer_copies], outside_saved=outside,
+        selective=selective, layer_kept=layer_kept,
     )
     plan.lines, plan.notes = describe(plan, cfg, p, r, weights_note, loss)
     return plan
@@ -388,12 +433,12 @@ class LossTerms:
 
 def loss_terms(p: ParamFacts, r: Regime, T: int, K: int, plain_head: bool) -> LossTerms:
     """The head + cross-entropy: tuner's gathered, chunked loss, or the model's full logits."""
-    from tuner.train.loss import CHUNK_TOKENS
+    from tuner.train.loss import chunk_positions
 
     V, a = p.vocab, r.a
     softcap = 8 if p.softcap else 0
     if plain_head:
-        chunk = min(K, CHUNK_TOKENS)
+        chunk = min(K, chunk_positions(V, bool(p.softcap)))
         return LossTerms(chunk, math.ceil(K / chunk), (8 + softcap) * V * chunk, (12 + softcap) * V * chunk, 0,
                          True, softcap)
     return LossTerms(T, 1, (8 + a) * V * T, 12 * V * T + a * V * T, 4 * V * T, False, softcap)
@@ -416,7 +461,12 @@ def describe(plan: MemoryPlan, cfg: TunerConfig, p: ParamFacts, r: Regime, weigh
         PlanLine("optimizer state", optimizer, f"AdamW ({t.optimizer}): exp_avg + exp_avg_sq, fp32"),
     ]
     per_token = max(layer_saved, default=0) // T if T else 0
-    if gc:
+    if plan.selective:
+        kept = max(plan.layer_kept, default=0) // T if T else 0
+        act_note = (f"selective recomputation: {sum(1 for x in p.layers if x.active)} layers x {kept:,} B/token "
+                    f"(input, matmul and attention outputs) x {T:,} tokens + {fmt_bytes(outside)} outside; "
+                    f"the rest ({per_token:,} B/token without it) recomputed one layer at a time")
+    elif gc:
         act_note = (f"gradient checkpointing: {sum(1 for x in p.layers if x.active)} layer inputs x {h} x "
                     f"{r.residual} B x {T:,} tokens; one layer ({fmt_bytes(max(layer_saved, default=0))}) recomputed at a time")
     else:
@@ -426,7 +476,7 @@ def describe(plan: MemoryPlan, cfg: TunerConfig, p: ParamFacts, r: Regime, weigh
     if copies:
         lines.append(PlanLine("weight copies", copies,
                               f"autocast's {'bf16' if a == 2 else 'compute-dtype'} copies of fp32 weights"
-                              + (" (dropped after forward: checkpointing)" if gc and copies else "")))
+                              + (" (dropped after forward: recomputed)" if (gc or plan.selective) and copies else "")))
     if loss.plain_head:
         loss_note = (f"head + cross-entropy on {chunks} chunk(s) of {chunk:,} positions x {V:,} vocabulary, "
                      f"recomputed in backward: {12 + softcap} B per logit")

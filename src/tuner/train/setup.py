@@ -5,7 +5,9 @@ resume -> the wrapped module. The loop (tuner.train.loop) receives the result as
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from tuner.models.inputs import Inputs, load_inputs
 from tuner.models.load import bnb_config, decoder_layers, load_model, stored_dtype
 from tuner.train.checkpoint import TrainerState, load_checkpoint, prepare_output_dir
 from tuner.train.distributed import accelerator_kwargs, check_world_size
+from tuner.train.loss import selective_recompute, uses_selective_recompute
 from tuner.train.objectives import Objective, objective_for
 from tuner.train.objectives.base import Units
 from tuner.train.optim import build_optimizer, build_scheduler
@@ -75,6 +78,7 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
 
     t = cfg.training
     accelerator = Accelerator(**accelerator_kwargs(t, mixed_precision(t)))
+    tune_malloc()
     check_world_size(accelerator)
     set_seed(t.seed)
     if (note := apply_tf32(t)) and accelerator.is_main_process:
@@ -143,7 +147,47 @@ def build_model(cfg: TunerConfig, inputs: Inputs, precision: str) -> Any:
     kwargs = {"use_reentrant": bool(t.gradient_checkpointing_kwargs and t.gradient_checkpointing_kwargs.use_reentrant)}
     if t.gradient_checkpointing:
         enable_checkpointing(model, kwargs)
-    return apply_adapter(model, a, t.gradient_checkpointing, kwargs)
+    model = apply_adapter(model, a, t.gradient_checkpointing, kwargs)
+    if uses_selective_recompute(cfg):
+        selective_recompute(model)
+    return model
+
+
+MALLOC_ENV = "TUNER_MALLOC"  # "off": glibc's own settings; a byte count: that mmap threshold (for measurements)
+MMAP_THRESHOLD = 1 << 20  # allocations from 1 MiB up get their own mapping, returned to the system when freed
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
+
+
+def tune_malloc() -> int | None:
+    """glibc's malloc: a fixed mmap threshold, so that the large blocks of activations a step
+    frees go back to the system at once (bench/memory_levers.py measures it).
+
+    By default glibc raises its mmap threshold each time a mapped block is freed (up to 32 MiB
+    on 64-bit), after which blocks of that size come from the heap, and the heap keeps freed
+    memory it cannot trim from its top: the process's RSS then grows above what its tensors
+    hold. Setting the threshold (mallopt M_MMAP_THRESHOLD; the trim threshold with it) turns
+    that adjustment off. Applied only on glibc, and not when the process has its own malloc
+    settings (MALLOC_*_ environment variables or GLIBC_TUNABLES). Returns the threshold set."""
+    wanted = os.environ.get(MALLOC_ENV, "").strip().lower()
+    if wanted in ("0", "off", "no", "false", "glibc"):
+        return None
+    user = [k for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_") if k in os.environ]
+    if user or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or not _glibc():
+        return None
+    threshold = int(wanted) if wanted.isdigit() else MMAP_THRESHOLD
+    try:
+        libc = ctypes.CDLL(None)
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold) and libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold)
+    except (OSError, AttributeError):
+        return None
+    return threshold if ok else None
+
+
+def _glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (ValueError, OSError, AttributeError):
+        return False
 
 
 def enable_checkpointing(model: Any, kwargs: dict[str, Any]) -> None:
