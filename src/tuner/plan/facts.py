@@ -320,6 +320,9 @@ def _layer_info(layer: Any) -> LayerInfo:
             continue
         leaf = name.rsplit(".", 1)[-1]
         in_attention = "attn" in name or "attention" in name
+        if hasattr(module, "parameter_name") and hasattr(module, "lora_A"):
+            skip.add(name)  # peft's LoRA on a parameter (lora_target_parameters, e.g. MoE experts): not a linear
+            continue
         if hasattr(module, "lora_A") and hasattr(module, "base_layer"):
             skip.add(name)
             base = module.base_layer
@@ -399,7 +402,7 @@ def count_parameters(cfg: TunerConfig, facts: ModelFacts) -> ParamFacts:
         info.active = flowing or info.trains
         flowing = flowing or info.trains
 
-    method, targets, target_count = describe_method(a, named)
+    method, targets, target_count = describe_method(a, named, wrapped_parameters(model))
 
     dora_extra = sum(
         lin.in_features * (lin.in_features + lin.lora_r) for info in infos for lin in info.linears if lin.dora
@@ -428,11 +431,24 @@ def count_parameters(cfg: TunerConfig, facts: ModelFacts) -> ParamFacts:
     )
 
 
-def describe_method(a: Any, named: list[tuple[str, Any]]) -> tuple[str, list[str], int]:
+def wrapped_parameters(model: Any) -> dict[str, str]:
+    """peft's LoRA-on-a-parameter modules (lora_target_parameters), by module name -> the parameter
+    each adapts (model.layers.0.mlp.experts.base_layer -> model.layers.0.mlp.experts.gate_up_proj)."""
+    out = {}
+    for name, module in model.named_modules():
+        if hasattr(module, "parameter_name") and hasattr(module, "lora_A"):
+            out[name] = f"{name.split('.base_layer')[0]}.{module.parameter_name}"
+    return out
+
+
+def describe_method(a: Any, named: list[tuple[str, Any]],
+                    wrapped: dict[str, str] | None = None) -> tuple[str, list[str], int]:
     """(how the model trains, the trained module names summarised, how many modules) for the
-    AdapterBlock `a` and the adapted model's named parameters."""
+    AdapterBlock `a` and the adapted model's named parameters; `wrapped` names the parameters that
+    LoRA adapts directly (wrapped_parameters)."""
     if a.adapter:
-        lora_names = sorted({n.rsplit(".lora_A", 1)[0] for n, _ in named if ".lora_A." in n})
+        lora_names = sorted({(wrapped or {}).get(m, m) for m in {n.rsplit(".lora_A", 1)[0] for n, _ in named
+                                                                  if ".lora_A." in n}})
         targets = _summarise(lora_names)
         extra = [f"{m} (trained in full)" for m in a.lora_modules_to_save or []]
         if a.peft_trainable_token_indices:
