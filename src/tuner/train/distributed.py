@@ -68,9 +68,13 @@ def deepspeed_plugin(t: TrainingBlock) -> Any:
         except (OSError, ValueError) as err:
             raise UserError(f"deepspeed: cannot read {t.deepspeed} as JSON: {err}") from None
     config = dict(config or {})
-    # tuner owns the batch and accumulation; DeepSpeed fills them from accelerate.
-    config.setdefault("train_micro_batch_size_per_gpu", t.micro_batch_size)
-    config.setdefault("gradient_accumulation_steps", t.gradient_accumulation_steps)
+    # tuner owns the batch, accumulation and clipping: unset or "auto" values are tuner's (accelerate
+    # cannot fill an "auto" micro-batch size, since tuner batches the rows itself, not a DataLoader).
+    for key, value in (("train_micro_batch_size_per_gpu", t.micro_batch_size),
+                       ("gradient_accumulation_steps", t.gradient_accumulation_steps),
+                       ("gradient_clipping", t.max_grad_norm or 0.0)):
+        if config.get(key, "auto") == "auto":
+            config[key] = value
     return DeepSpeedPlugin(hf_ds_config=config)
 
 
@@ -79,6 +83,13 @@ def accelerator_kwargs(t: TrainingBlock, mixed_precision: str) -> dict[str, Any]
     import torch
 
     cuda = torch.cuda.is_available()
+    world = int(os.environ.get(EXPECTED_WORLD_SIZE) or os.environ.get("WORLD_SIZE") or "1")
+    if t.fsdp and t.dp_shard_size is not None and t.dp_shard_size != world:
+        raise UserError(
+            f"dp_shard_size: {t.dp_shard_size} with {world} training processes: not supported yet: sharding the model "
+            "within groups of processes (HSDP). tuner's FSDP shards across all processes: set dp_shard_size to "
+            f"{world}, or remove it."
+        )
     if (t.fsdp or t.deepspeed is not None) and not cuda:
         engine = "fsdp" if t.fsdp else "deepspeed"
         raise UserError(
