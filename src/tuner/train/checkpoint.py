@@ -77,10 +77,11 @@ class TrainerState:
     total_steps: int
     best_eval_loss: float | None = None
     skipped_steps: int = 0  # updates skipped for a non-finite loss (nan_policy: skip)
+    evals_without_improvement: int = 0  # evaluations since eval_loss last beat its best (early_stopping_patience)
 
     # Settings a resumed run must share with the checkpoint, and the counters it takes over.
     SAME = ("data_fingerprint", "rows", "micro_batch_size", "gradient_accumulation_steps", "world_size", "seed")
-    CARRIED = ("step", "trained_tokens", "best_eval_loss", "skipped_steps")
+    CARRIED = ("step", "trained_tokens", "best_eval_loss", "skipped_steps", "evals_without_improvement")
 
     @classmethod
     def new(cls, data_fingerprint: str, plan: Any) -> TrainerState:

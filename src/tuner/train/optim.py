@@ -23,6 +23,7 @@ CUDA feature, so on CPU a paged optimizer keeps its states in ordinary memory (l
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -107,12 +108,53 @@ SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, t: TrainingBlock, total_steps: int):
-    """transformers' schedules, as the HF Trainer and Axolotl use them."""
+    """transformers' schedules, as the HF Trainer and Axolotl use them; with `lr_scheduler: cosine`,
+    Axolotl's variants (cosine_factor): quadratic warmup, a floor, a constant tail."""
     from transformers import get_scheduler
 
+    if cosine_variant(t):
+        from functools import partial
+
+        warmup = warmup_steps(t, total_steps)
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, partial(cosine_factor, t=t, warmup=warmup, total=total_steps))
     return get_scheduler(
         SCHEDULES[t.lr_scheduler],
         optimizer,
         num_warmup_steps=warmup_steps(t, total_steps),
         num_training_steps=total_steps,
     )
+
+
+def cosine_variant(t: TrainingBlock) -> str | None:
+    """Which of Axolotl's cosine schedules the config asks for, chosen as Axolotl chooses (its
+    SchedulerMixin): quadratic warmup wins over a floor; a constant tail needs a floor. None:
+    transformers' own cosine (or another schedule: these keys act on cosine only)."""
+    if t.lr_scheduler != "cosine":
+        return None
+    if t.lr_quadratic_warmup:
+        return "quadratic_warmup"
+    if t.cosine_min_lr_ratio and t.cosine_constant_lr_ratio:
+        return "min_lr_constant"
+    if t.cosine_min_lr_ratio:
+        return "min_lr"
+    return None
+
+
+def cosine_factor(step: int, t: TrainingBlock, warmup: int, total: int) -> float:
+    """The learning rate at `step` as a fraction of learning_rate, by Axolotl's formulas
+    (axolotl/utils/schedulers.py): warmup, then half a cosine wave down to cosine_min_lr_ratio;
+    with cosine_constant_lr_ratio the wave ends at that fraction of all steps and the floor holds."""
+    variant = cosine_variant(t)
+    if step < warmup:
+        ramp = step / max(1, warmup)
+        return ramp ** 2 if variant == "quadratic_warmup" else ramp
+    if variant == "quadratic_warmup":
+        progress = (step - warmup) / max(1, total - warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+    floor = t.cosine_min_lr_ratio or 0.0
+    if variant == "min_lr_constant":
+        end = int(total * (t.cosine_constant_lr_ratio or 0.0))
+        progress = (min(step, end) - warmup) / max(1, end - warmup)
+        return max(0.0, (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))) + floor
+    progress = (step - warmup) / max(1, total - warmup)
+    return (1 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress)) + floor
