@@ -54,6 +54,9 @@ def token_keys(cfg: TunerConfig, key: str = "datasets") -> dict[str, Any]:
         "tokenizer_use_fast": m.tokenizer_use_fast,
         "special_tokens": m.special_tokens.model_dump(mode="json") if m.special_tokens else None,
         "tokens": m.tokens,
+        # keys added later: in the fingerprint only when set, so data prepared before them is still reused
+        **{k: v for k, v in (("min_sample_len", d.min_sample_len), ("tokenizer_legacy", m.tokenizer_legacy),
+                             ("dataset_exact_deduplication", d.dataset_exact_deduplication or None)) if v is not None},
     }
 
 

@@ -9,7 +9,8 @@ Rules, the same for every segment format:
   * EOS is appended (unless the text already ends with it) and trained whenever the last
     segment is (input_output rows are taken as written: no special tokens, no EOS);
   * rows longer than `sequence_len` follow `excess_length_strategy` (drop | truncate |
-    raise); rows with no trained token left are dropped; both are counted.
+    raise); rows shorter than `min_sample_len` tokens (Axolotl's filter, before any
+    truncation) and rows with no trained token left are dropped; all are counted.
 Labels are built here, once. The training loop never re-derives a mask.
 """
 
@@ -21,8 +22,9 @@ from typing import Any
 from tuner.data.labels import IGNORE, Segment, trained_count
 
 KEPT, TOO_LONG, NOTHING_TO_TRAIN = 0, 1, 2
+TOO_SHORT = 4  # (3 is the pipeline's INVALID)
 
-__all__ = ["IGNORE", "KEPT", "NOTHING_TO_TRAIN", "TOO_LONG", "Segment", "TokenizeSettings", "encode_prefixed",
+__all__ = ["IGNORE", "KEPT", "NOTHING_TO_TRAIN", "TOO_LONG", "TOO_SHORT", "Segment", "TokenizeSettings", "encode_prefixed",
            "encode_segments", "finish_row", "tokenize_rows"]
 
 
@@ -31,6 +33,7 @@ class TokenizeSettings:
     sequence_len: int
     excess_length_strategy: str  # drop | truncate | raise
     train_on_inputs: bool
+    min_sample_len: int | None = None  # rows with fewer tokens are dropped (TOO_SHORT)
 
 
 def encode_segments(
@@ -106,7 +109,9 @@ def tokenize_rows(
 def finish_row(ids: list[int], labels: list[int], settings: TokenizeSettings) -> dict[str, Any]:
     """Apply the length policy and the nothing-to-train rule to one tokenized row."""
     status, truncated = KEPT, False
-    if len(ids) > settings.sequence_len:
+    if settings.min_sample_len and len(ids) < settings.min_sample_len:
+        status = TOO_SHORT
+    elif len(ids) > settings.sequence_len:
         if settings.excess_length_strategy == "truncate":
             ids, labels = ids[: settings.sequence_len], labels[: settings.sequence_len]
             truncated = True
