@@ -23,6 +23,7 @@ from tuner.config.schema import (
     DatasetConfig,
     FSDPConfig,
     GradientCheckpointingKwargs,
+    QuantizationKwargs,
     SpecialTokens,
     TunerConfig,
     UserDefinedFormat,
@@ -34,6 +35,7 @@ NESTED = {
     "special_tokens": (SpecialTokens, axolotl_keys.SPECIAL_TOKENS),
     "fsdp_config": (FSDPConfig, axolotl_keys.FSDP_CONFIG),
     "gradient_checkpointing_kwargs": (GradientCheckpointingKwargs, {"use_reentrant": None}),
+    "model_quantization_config_kwargs": (QuantizationKwargs, {"dequantize": None, "modules_to_not_convert": None}),
 }
 
 

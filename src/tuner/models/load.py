@@ -147,17 +147,40 @@ def hub_snapshot(repo_id: str, model: ModelBlock, weights: bool = True) -> Path:
     if model.trust_remote_code:
         patterns.append("*.py")
     offline = hub.offline()
+    revision = model.revision_of_model
+    if revision is not None and offline:
+        revision = _cached_revision(repo_id, revision)
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline))
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns,
+                                      ignore_patterns=model.base_model_ignore_patterns, local_files_only=offline))
     except HFValidationError:
         raise UserError(f"base_model: {repo_id!r} is neither an existing path nor a valid hub id") from None
     except Exception as err:  # noqa: BLE001 - hub errors have many types; all mean "not available"
+        at = f" at revision_of_model {model.revision_of_model!r}" if model.revision_of_model else ""
         hint = (
-            "HF_HUB_OFFLINE is set and the model is not in the local hub cache"
+            f"HF_HUB_OFFLINE is set and the model{at} is not in the local hub cache"
             if offline
-            else f"could not download it ({type(err).__name__}: {_brief(err)})"
+            else f"could not download it{at} ({type(err).__name__}: {_brief(err)})"
         )
         raise UserError(f"base_model: {repo_id!r}: {hint}. Use a local folder or .gguf file instead.") from None
+
+
+def _cached_revision(repo_id: str, revision: str) -> str:
+    """Offline: a short commit hash (`revision_of_model: 6299b5a`, as Axolotl's examples write it) as the full
+    commit of the one snapshot in the local hub cache that it starts; anything else (a branch, a tag, a full
+    commit) as written, which huggingface_hub resolves from the cache itself."""
+    import re
+
+    from huggingface_hub.constants import HF_HUB_CACHE
+
+    if not re.fullmatch(r"[0-9a-f]{4,39}", revision):
+        return revision
+    snapshots = Path(HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}" / "snapshots"
+    found = sorted(p.name for p in snapshots.glob(f"{revision}*") if p.is_dir()) if snapshots.is_dir() else []
+    if len(found) > 1:
+        raise UserError(f"revision_of_model: {revision!r} starts {len(found)} cached commits of {repo_id} "
+                        f"({', '.join(found)}); write more of the commit hash")
+    return found[0] if found else revision
 
 
 def _gguf_cache_key(path: Path) -> str:
@@ -236,9 +259,23 @@ def _from_pretrained(cls: Any, path: Path, model: ModelBlock, what: str) -> PreT
     if cls.__name__ == resolve.AUTO_TOKENIZER:
         kwargs["use_fast"] = model.tokenizer_use_fast
     try:
-        return cls.from_pretrained(str(path), **kwargs)
+        tokenizer = cls.from_pretrained(str(path), **kwargs)
+        legacy = model.tokenizer_legacy
+        if legacy is not None and _takes_legacy(tokenizer) and getattr(tokenizer, "legacy", None) != legacy:
+            tokenizer = cls.from_pretrained(str(path), **kwargs, legacy=legacy)  # `tokenizer_legacy`
     except (OSError, ValueError, TypeError) as err:
         raise UserError(f"{what}: cannot load a {cls.__name__} from {path}: {_brief(err)}") from None
+    if model.tokenizer_legacy is not None and not _takes_legacy(tokenizer):
+        log.warning("tokenizer_legacy: not applied: %s has no legacy option (only Llama / T5-style sentencepiece "
+                    "tokenizers have one)", type(tokenizer).__name__)
+    return tokenizer
+
+
+def _takes_legacy(tokenizer: Any) -> bool:
+    """Whether the tokenizer's class has transformers' `legacy` option (LlamaTokenizer, T5Tokenizer, ...)."""
+    import inspect
+
+    return "legacy" in inspect.signature(type(tokenizer).__init__).parameters
 
 
 def load_tokenizer(model: ModelBlock, base: BaseModelSource) -> PreTrainedTokenizerBase:
@@ -367,9 +404,12 @@ def load_model(
     dtype: torch.dtype,
     quantization: Any = None,
 ) -> PreTrainedModel:
-    """Load the base weights in `dtype` (quantized by `quantization`, a BitsAndBytesConfig),
-    with embeddings resized for added tokens."""
+    """Load the base weights in `dtype` (quantized by `quantization`, a BitsAndBytesConfig; a base
+    stored quantized per `model_quantization_config` loads dequantized), with embeddings resized for
+    added tokens."""
     config = model_config(model, base)
+    bnb = quantization is not None
+    quantization = quantization if bnb else stored_quantization(model)
     cls = resolve.model_class(model)
     expected = getattr(getattr(cls, "config_class", None), "model_type", None)
     if expected and config.model_type != expected:
@@ -388,7 +428,7 @@ def load_model(
             config=config,
             dtype=dtype,
             trust_remote_code=model.trust_remote_code,
-            attn_implementation=model.attn_implementation,
+            attn_implementation=attention(model, cls, config),
             quantization_config=quantization,
         )
     except ImportError as err:  # flash_attention_2 without flash-attn, for one
@@ -400,7 +440,7 @@ def load_model(
             "torch.load(weights_only=True)); convert the model to safetensors from a source you trust."
         ) from None
     except (OSError, ValueError, RuntimeError, SafetensorError) as err:
-        if quantization is not None:
+        if bnb:
             raise UserError(
                 f"load_in_4bit/load_in_8bit: bitsandbytes cannot load quantized weights on this device: {_brief(err)}"
             ) from None
@@ -414,6 +454,36 @@ def load_model(
             if loaded.generation_config is not None:
                 setattr(loaded.generation_config, name, value)
     return loaded
+
+
+def attention(model: ModelBlock, cls: Any, config: Any) -> str:
+    """`attn_implementation`, except that a class transformers gives no sdpa attention (gpt-oss: its
+    attention sinks) runs eager, as transformers itself chooses when none is asked for. Axolotl's
+    kernel backends are read as sdpa at validation, so this is what gpt-oss configs asking for one get."""
+    if model.attn_implementation != "sdpa":
+        return model.attn_implementation
+    concrete = cls
+    if cls.__name__ == resolve.AUTO_MODEL:
+        from transformers import MODEL_FOR_CAUSAL_LM_MAPPING
+
+        concrete = MODEL_FOR_CAUSAL_LM_MAPPING.get(type(config), None)
+    if getattr(concrete, "_supports_sdpa", True) is False:
+        log.warning("attn_implementation: %s has no sdpa attention in transformers; it runs eager (transformers' "
+                    "reference attention)", concrete.__name__)
+        return "eager"
+    return "sdpa"
+
+
+def stored_quantization(model: ModelBlock) -> Any:
+    """transformers' config for `model_quantization_config` (Axolotl's key): Mxfp4Config(dequantize=True)
+    for gpt-oss' MXFP4 checkpoints, whose expert weights then load as ordinary weights in the load
+    dtype (validation refuses it without dequantize). None when the key is not set."""
+    if model.model_quantization_config != "Mxfp4Config":
+        return None
+    from transformers import Mxfp4Config
+
+    kwargs = model.model_quantization_config_kwargs
+    return Mxfp4Config(dequantize=True, modules_to_not_convert=kwargs.modules_to_not_convert if kwargs else None)
 
 
 def decoder_layers(model: Any) -> list[Any]:
