@@ -20,8 +20,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 def merge(adapter_dir: Path, output: Path, dtype: str | None = None) -> Path:
     import torch
-    from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuner.models.adapter import peft_calls
 
     config_path = adapter_dir / "adapter_config.json"
     if not config_path.is_file():
@@ -37,7 +38,10 @@ def merge(adapter_dir: Path, output: Path, dtype: str | None = None) -> Path:
     base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
     if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
         base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    merged: Any = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+    with peft_calls(quantized=False):  # merged into a plain base
+        from peft import PeftModel
+
+        merged: Any = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged = merged.to(getattr(torch, name))
     with atomic_folder(output) as tmp:
         merged.save_pretrained(tmp)  # safetensors

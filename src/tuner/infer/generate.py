@@ -47,13 +47,16 @@ def load_trained(model_dir: Path, dtype: Any = None) -> tuple[Any, Any]:
     if (model_dir / "adapter_config.json").is_file():
         import json
 
-        from peft import PeftModel
+        from tuner.models.adapter import peft_calls
 
         base_path = json.loads((model_dir / "adapter_config.json").read_text())["base_model_name_or_path"]
         base = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
         if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
             base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-        model = PeftModel.from_pretrained(base, str(model_dir))
+        with peft_calls(quantized=False):  # a plain base
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(base, str(model_dir))
     elif (model_dir / "config.json").is_file():
         model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
     else:

@@ -11,6 +11,10 @@ train and are saved; with tied input/output embeddings peft keeps both sides tie
 from __future__ import annotations
 
 import re
+import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from tuner.config.schema import AdapterBlock
@@ -19,8 +23,48 @@ from tuner.errors import UserError
 EMBEDDING_NAMES = {"embed_tokens", "wte", "word_embeddings", "embed_in", "tok_embeddings"}
 
 
+@contextmanager
+def without_bitsandbytes(quantized: bool) -> Iterator[None]:
+    """Within: bitsandbytes looks uninstalled, unless the run quantizes or it is imported already.
+
+    peft imports bitsandbytes whenever it is installed: `peft.helpers` when peft is imported,
+    and LoRA's layer dispatch in get_peft_model / PeftModel.from_pretrained (peft 0.17-0.21),
+    also for a base with no quantized layer. Importing bitsandbytes compiles its kernels with
+    torch.compile (importing torch's compiler stack: seconds of start-up and tens of MB) and,
+    on CPUs with AVX512-BF16, warns that it cannot fetch an optional hub kernel. Python's own
+    import blocker (`sys.modules[name] = None`: `import` raises ImportError, `find_spec` finds
+    nothing) keeps it out for the adapter's creation; nothing of peft is changed. Afterwards
+    it is importable as before (a bitsandbytes optimizer, or a quantized model later in the
+    same process), and peft's cached "is bitsandbytes available" answers are dropped so that
+    peft asks again."""
+    if quantized or "bitsandbytes" in sys.modules:
+        yield
+        return
+    sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if "bitsandbytes" in sys.modules and sys.modules["bitsandbytes"] is None:
+            del sys.modules["bitsandbytes"]
+        utils = sys.modules.get("peft.import_utils")
+        for name in ("is_bnb_available", "is_bnb_4bit_available"):
+            getattr(getattr(utils, name, None), "cache_clear", lambda: None)()
+
+
+@contextmanager
+def peft_calls(quantized: bool) -> Iterator[None]:
+    """Around tuner's calls into peft: no bitsandbytes unless the run quantizes
+    (`without_bitsandbytes`), and without the FutureWarning peft sets off by reading
+    transformers' deprecated `is_gradient_checkpointing` in PeftModel's constructor (peft 0.21
+    with transformers 5.2x): nothing a user can change, so it is not shown."""
+    with without_bitsandbytes(quantized), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def lora_config(a: AdapterBlock, tied: bool) -> Any:
-    from peft import LoraConfig
+    with without_bitsandbytes(a.load_in_4bit or a.load_in_8bit):
+        from peft import LoraConfig
 
     targets: Any = a.lora_target_modules
     if a.lora_target_linear:
@@ -90,6 +134,12 @@ def _saved_with_adapter(name: str) -> bool:
 
 
 def _adapted(model: Any, a: AdapterBlock, gradient_checkpointing: bool, checkpointing_kwargs: dict[str, Any]) -> Any:
+    quantized = a.load_in_4bit or a.load_in_8bit or bool(getattr(model, "is_quantized", False))
+    with peft_calls(quantized):
+        return _peft_model(model, a, gradient_checkpointing, checkpointing_kwargs)
+
+
+def _peft_model(model: Any, a: AdapterBlock, gradient_checkpointing: bool, checkpointing_kwargs: dict[str, Any]) -> Any:
     from peft import PeftModel, get_peft_model, prepare_model_for_kbit_training
 
     if a.load_in_4bit or a.load_in_8bit:

@@ -159,14 +159,17 @@ def _policy(hidden_size: int, ctx: Any, op: Any, *args: Any, **kwargs: Any) -> A
     return CheckpointPolicy.MUST_SAVE if keeps_output(op, args, hidden_size) else CheckpointPolicy.PREFER_RECOMPUTE
 
 
-def selective_recompute(model: Any) -> None:
+def selective_recompute(model: Any) -> bool:
     """Run every decoder layer under selective activation checkpointing (the module docstring),
     through transformers' public checkpointing switch with torch's `context_fn`. Call after the
     adapter is applied. transformers then also makes the embeddings' output require grad (for
-    reentrant checkpointing); non-reentrant checkpointing does not need it, so it is undone."""
+    reentrant checkpointing); non-reentrant checkpointing does not need it, so it is undone.
+    False (and nothing changed) for a model class without checkpointing support."""
     from torch.utils.checkpoint import create_selective_checkpoint_contexts
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not getattr(base, "supports_gradient_checkpointing", False):
+        return False
     config = base.config.get_text_config() if hasattr(base.config, "get_text_config") else base.config
     policy = functools.partial(_policy, config.hidden_size)
     kwargs = {"use_reentrant": False, "context_fn": functools.partial(create_selective_checkpoint_contexts, policy)}
@@ -175,3 +178,4 @@ def selective_recompute(model: Any) -> None:
     else:
         base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     base.disable_input_require_grads()
+    return True
