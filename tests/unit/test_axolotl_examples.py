@@ -104,5 +104,7 @@ def test_validate_subprocess_on_examples_is_offline_and_clean(tmp_path):
         res = subprocess.run([sys.executable, "-m", "tuner", "validate", str(path)], capture_output=True, text=True,
                              cwd=tmp_path, env=env)
         assert res.returncode in (0, 2) and "Traceback" not in res.stderr, (name, res.stderr[-2000:])
-        if res.returncode == 0:
+        if name == "mistral/dpo/mistral-dpo-qlora.yml":
+            assert res.returncode == 0, res.stderr  # preference training: an Axolotl DPO config runs unchanged
+        elif res.returncode == 0:
             assert "not applied" in res.stderr or "read as" in res.stderr, res.stderr  # notices are printed

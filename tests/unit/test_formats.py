@@ -281,7 +281,7 @@ def test_axolotl_instruction_type_through_the_pipeline_and_generate(tmp_path, sm
 
 @pytest.mark.parametrize("entry, key, words", [
     ({"type": "bradley_terry.chat_template"}, "type", "reward-model training (Bradley-Terry pairs): not supported yet"),
-    ({"type": "chat_template.default"}, "type", "preference training (DPO/ORPO/KTO datasets, with `rl:`): not supported yet"),
+    ({"type": "chat_template.default"}, "type", "is a preference dataset type: it needs `rl:`"),
     ({"type": "stepwise_supervised"}, "type", "process-reward-model training"),
     ({"type": "sharegpt", "conversation": "alpaca_v9"}, "conversation", "expected one of chatml, llama-2"),
     ({"type": "chat_template", "message_field_role": "from", "message_property_mappings": {"role": "speaker"}},

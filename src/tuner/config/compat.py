@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 KeyPath = tuple[Any, ...]
@@ -126,6 +127,12 @@ NOT_APPLIED: dict[str, str] = {
         "swanlab_workspace", "swanlab_log_model")},
 }
 
+NOT_APPLIED.update({
+    "dpo_padding_free": "tuner's preference batches are padding-free already (chosen and rejected end to end)",
+    "dpo_use_logits_to_keep": "tuner's head runs only on the completion tokens already",
+    "dpo_use_liger_kernel": _CCE,
+})
+
 # Values that are what tuner does anyway: accepted without a notice.
 ALREADY: dict[str, tuple[Any, ...]] = {
     "save_safetensors": (True,), "include_tokens_per_second": (True,), "include_tkps": (True,),
@@ -136,13 +143,16 @@ ALREADY: dict[str, tuple[Any, ...]] = {
 
 MULTIMODAL = "multimodal training (images, audio, processors)"
 PREFERENCE = "preference training (rl: dpo, ipo, orpo, kto, simpo)"
+RL_METHODS = ("dpo", "ipo", "simpo", "orpo", "kto")
+RL_CAPABILITIES = {"grpo": "online RL (rl: grpo)", "gdpo": "online RL (rl: gdpo)", "ebft": "Axolotl's EBFT trainer (rl: ebft)",
+                   "dpo_norm": "length-normalised DPO (rl: dpo_norm; TRL: dpo_loss_type [sigmoid_norm])"}
 UNSUPPORTED: dict[str, str] = {
     "processor_type": MULTIMODAL, "processor_kwargs": MULTIMODAL, "image_size": MULTIMODAL,
     "image_resize_algorithm": MULTIMODAL, "freeze_mm_modules": MULTIMODAL,
-    "rl_beta": PREFERENCE, "dpo_beta": PREFERENCE, "dpo_loss_type": PREFERENCE, "dpo_label_smoothing": PREFERENCE,
-    "dpo_use_weighting": PREFERENCE, "dpo_norm_loss": PREFERENCE, "dpo_padding_free": PREFERENCE,
-    "dpo_use_logits_to_keep": PREFERENCE, "dpo_generate_during_eval": PREFERENCE, "dpo_loss_weights": PREFERENCE,
-    "dpo_use_liger_kernel": PREFERENCE, "orpo_alpha": PREFERENCE, "rpo_alpha": PREFERENCE, "simpo_gamma": PREFERENCE,
+    "rl_beta": PREFERENCE, "dpo_loss_type": PREFERENCE, "dpo_label_smoothing": PREFERENCE,
+    "dpo_use_weighting": "weighted preference optimisation (WPO, dpo_use_weighting)",
+    "dpo_norm_loss": "dpo_norm_loss (Axolotl no longer has it either)",
+    "dpo_generate_during_eval": "generation samples during evaluation", "dpo_loss_weights": PREFERENCE, "orpo_alpha": PREFERENCE, "rpo_alpha": PREFERENCE, "simpo_gamma": PREFERENCE,
     "cpo_alpha": PREFERENCE, "kto_desirable_weight": PREFERENCE, "kto_undesirable_weight": PREFERENCE,
     "precompute_ref_log_probs": PREFERENCE, "max_prompt_len": PREFERENCE,
     "trl": "online RL (GRPO with trl settings)", "vllm": "online RL (GRPO generation with vLLM)",
@@ -171,31 +181,34 @@ UNSUPPORTED: dict[str, str] = {
     "gptq_groupsize": "GPTQ-quantized base models (a retired Axolotl key)",
     "gptq_model_v1": "GPTQ-quantized base models (a retired Axolotl key)",
     "sample_packing_seq_len_multiplier": "sample_packing_seq_len_multiplier (a retired Axolotl key; use sequence_len)",
-    "model_quantization_config": "quantized base-model formats other than bitsandbytes (e.g. MXFP4)",
-    "model_quantization_config_kwargs": "quantized base-model formats other than bitsandbytes (e.g. MXFP4)",
     "llmcompressor": "sparse fine-tuning with llmcompressor",
-    "lora_target_parameters": "LoRA on parameters (lora_target_parameters, e.g. MoE experts)",
     "llama4_linearized_experts": "Llama 4 linearized experts",
-    "tokenizer_use_mistral_common": "Mistral's mistral-common tokenizer",
-    "tokenizer_legacy": "tokenizer options (tokenizer_legacy)",
+    # Not read as the model's Hugging Face tokenizer: for Mistral repositories (model_type mistral, mistral3,
+    # ministral, voxtral, pixtral) saved before transformers 5, transformers itself warns that the tokenizer.json's
+    # pre-tokenizer regex "will lead to incorrect tokenization" (fix_mistral_regex), and mistral-common builds
+    # chat prompts in code, not with the repository's Jinja template; there is no proof here that they agree.
+    "tokenizer_use_mistral_common": "Mistral's mistral-common tokenizer (not shown to tokenize as the models' Hugging "
+                                    "Face tokenizer does)",
     "neftune_noise_alpha": "NEFTune noisy embeddings", "noisy_embedding_alpha": "NEFTune noisy embeddings",
     "use_eaft": "EAFT", "use_onebitllms": "1-bit LLM training (onebitllms)",
     "peft": "peft options beyond LoRA's (e.g. LoftQ initialisation)", "reinit_weights": "re-initialised weights",
-    "early_stopping_patience": "early stopping", "load_best_model_at_end": "loading the best checkpoint at the end",
-    "dataset_exact_deduplication": "dataset deduplication", "min_sample_len": "a minimum sample length filter",
+    "load_best_model_at_end": "loading the best checkpoint at the end",
     "sample_packing_sequentially": "sequential packing", "curriculum_sampling": "curriculum sampling",
-    "max_packed_sequence_len": "max_packed_sequence_len (use sequence_len)",
-    "lr_quadratic_warmup": "quadratic warmup", "cosine_min_lr_ratio": "a minimum learning rate for cosine",
-    "cosine_constant_lr_ratio": "a constant phase in the cosine schedule", "lr_scheduler_kwargs": "scheduler options",
+    "max_packed_sequence_len": "max_packed_sequence_len (a retired Axolotl key, which Axolotl 0.19 refuses too; use "
+                               "sample_packing with sequence_len)",
+    "lr_scheduler_kwargs": "scheduler options",
     "optim_args": "optimizer options (optim_args)", "optim_target_modules": "GaLore / APOLLO target modules",
     "eval_table_size": "generation samples during evaluation", "eval_max_new_tokens": "generation samples during evaluation",
     "do_causal_lm_eval": "generation metrics during evaluation", "eval_causal_lm_metrics": "generation metrics during evaluation",
-    "do_bench_eval": "benchmark evaluation", "model_revision": "pinning a hub model revision",
-    "revision_of_model": "pinning a hub model revision", "base_model_ignore_patterns": "hub download patterns",
+    "do_bench_eval": "benchmark evaluation",
     "mean_resizing_embeddings": "mean-initialised new embeddings", "fix_untrained_tokens": "fix_untrained_tokens",
     "embedding_lr": "per-group learning rates", "embedding_lr_scale": "per-group learning rates",
     "lr_groups": "per-group learning rates", "loraplus_lr_ratio": "LoRA+ learning rates",
     "rope_scaling": "RoPE scaling overrides", "model_kwargs": "model loading options (model_kwargs)",
+    # keys of Axolotl's kernels plugin (axolotl/integrations/kernels/args.py)
+    "nvfp4_merge_aware": "merge-aware NVFP4 LoRA (nvfp4_merge_aware: the forward fake-quantizes the merged expert "
+                         "weight)",
+    "nvfp4_merge_aware_start_step": "merge-aware NVFP4 LoRA (nvfp4_merge_aware)",
 }
 # Values that ask for nothing, per key (besides empty and false).
 OFF: dict[str, tuple[Any, ...]] = {
@@ -233,7 +246,8 @@ def translate(data: dict[str, Any], lines: dict[KeyPath, Any]) -> list[Remark]:
     -> YAML line) gains an entry for every key moved to a new path."""
     remarks: list[Remark] = []
     for step in (_attention_flags, _attention_backend, _precision_aliases, _batch_size, _fsdp, _resume,
-                 _strategies, _optimizer_aliases, _plugins, _legacy_values, _tables):
+                 _strategies, _optimizer_aliases, _plugins, _legacy_values, _preference_aliases, _deepspeed_file,
+                 _aliases, _empty_adapter, _tables):
         remarks += step(data, lines)
     return remarks
 
@@ -531,6 +545,70 @@ def _optimizer_aliases(data: dict, lines: dict) -> list[Remark]:
     return []
 
 
+# Axolotl's examples name DeepSpeed files of its repository (`deepspeed: deepspeed_configs/zero3_bf16.json`).
+# tuner ships files with the same settings under these names (package data, tuner/config/deepspeed_configs/).
+DEEPSPEED_CONFIGS = Path(__file__).parent / "deepspeed_configs"
+DEEPSPEED_WHAT = {
+    "zero1": "ZeRO-1", "zero2": "ZeRO-2, optimizer states offloaded to CPU", "zero3": "ZeRO-3",
+    "zero3_bf16": "ZeRO-3, bf16", "zero3_bf16_cpuoffload_params": "ZeRO-3, bf16, parameters offloaded to CPU",
+    "zero3_bf16_cpuoffload_all": "ZeRO-3, bf16, parameters and optimizer states offloaded to CPU",
+}
+
+
+def _deepspeed_file(data: dict, lines: dict) -> list[Remark]:
+    """A repo-relative `deepspeed_configs/NAME.json` of Axolotl's that is not here: tuner's file of the same settings."""
+    value = data.get("deepspeed")
+    if not isinstance(value, str) or Path(value).expanduser().is_file():
+        return []
+    parts = Path(value).parts
+    name = Path(value).stem
+    if len(parts) < 2 or parts[-2] != "deepspeed_configs" or name not in DEEPSPEED_WHAT or not value.endswith(".json"):
+        return []
+    shipped = DEEPSPEED_CONFIGS / f"{name}.json"
+    data["deepspeed"] = str(shipped)
+    return [Remark(("deepspeed",), "renamed", f"{value} (a file of Axolotl's repository, not here) is read as tuner's "
+                                              f"copy of its settings ({DEEPSPEED_WHAT[name]}): {shipped}")]
+
+
+# Other spellings Axolotl accepts for a key tuner has (its pydantic aliases): spelling -> tuner's key.
+ALIASES = {"model_revision": "revision_of_model"}
+
+
+def _aliases(data: dict, lines: dict) -> list[Remark]:
+    out = []
+    if data.get("model_quantization_config") == "FineGrainedFP8Config":  # tuner's schema has Mxfp4Config only
+        out.append(Remark(("model_quantization_config",), "error", unsupported(
+            "FP8 base models (model_quantization_config: FineGrainedFP8Config)", data.pop("model_quantization_config"))))
+        data.pop("model_quantization_config_kwargs", None)
+    for old, new in ALIASES.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        if value is None:
+            continue
+        if data.get(new) not in (None, value):
+            out.append(Remark((old,), "error", f"{old} {_show(value)} and {new} {_show(data[new])} differ; keep {new}"))
+            continue
+        _move(data, lines, (old,), (new,), value)
+        out.append(Remark((old,), "renamed", f"read as `{new}: {value}` (Axolotl's other name for it; write that instead)"))
+    return out
+
+
+def _empty_adapter(data: dict, lines: dict) -> list[Remark]:
+    """`adapter:` written and left empty, with LoRA keys set (Axolotl's full fine-tuning examples keep their
+    LoRA settings so): full fine-tuning, as in Axolotl, and the LoRA keys reported as not applied. With no
+    `adapter` line at all, LoRA keys are still refused (a forgotten `adapter: lora`: schema.py)."""
+    if "adapter" not in data or data["adapter"] is not None:
+        return []
+    unused = [k for k in data if isinstance(k, str) and k.startswith(("lora_", "peft_")) and not asks_nothing(data[k])]
+    for key in unused:
+        del data[key]
+    if not unused:
+        return []
+    return [Remark(("adapter",), "not applied", f"`adapter:` is empty, so this is full fine-tuning (as in Axolotl); "
+                                               f"not applied: {', '.join(unused)}")]
+
+
 BNB_KWARGS = {"bnb_4bit_use_double_quant": "bnb_4bit_use_double_quant", "bnb_4bit_quant_type": "bnb_4bit_quant_type"}
 
 
@@ -597,6 +675,21 @@ def _plugins(data: dict, lines: dict) -> list[Remark]:
     return out
 
 
+def _preference_aliases(data: dict, lines: dict) -> list[Remark]:
+    """dpo_beta (Axolotl: deprecated, use rl_beta)."""
+    if "dpo_beta" not in data:
+        return []
+    value = data.pop("dpo_beta")
+    if asks_nothing(value):
+        return []
+    if "rl_beta" in data and data["rl_beta"] is not None and data["rl_beta"] != value:
+        return [Remark(("dpo_beta",), "error", f"dpo_beta {value} and rl_beta {data['rl_beta']} differ; keep rl_beta "
+                                               "(dpo_beta is Axolotl's deprecated spelling)")]
+    _move(data, lines, ("dpo_beta",), ("rl_beta",), value)
+    return [Remark(("dpo_beta",), "renamed", f"`dpo_beta: {value}` is deprecated (Axolotl); read as `rl_beta: {value}` "
+                                             "(write that instead)")]
+
+
 def _tables(data: dict, lines: dict) -> list[Remark]:
     """NOT_APPLIED and UNSUPPORTED keys, and `rl`; a key the schema has a field for is the schema's
     (so a capability that lands needs no edit here to stop being refused)."""
@@ -615,12 +708,15 @@ def _tables(data: dict, lines: dict) -> list[Remark]:
             if not asks_nothing(value, TOP_LEVEL.get(key), OFF.get(key, ())):
                 out.append(Remark((key,), "error", unsupported(UNSUPPORTED[key], value)))
     rl = data.get("rl")
-    if "rl" in data and "rl" not in fields:
+    if isinstance(rl, str) and rl not in RL_METHODS:
         del data["rl"]
-        if not asks_nothing(rl):
-            what = f"preference training (rl: {rl})" if str(rl) in ("dpo", "ipo", "orpo", "kto", "simpo", "dpo_norm") \
-                else f"reinforcement learning (rl: {rl})"
-            out.append(Remark(("rl",), "error", unsupported(what, rl)))
+        what = RL_CAPABILITIES.get(rl, f"reinforcement learning (rl: {rl})")
+        out.append(Remark(("rl",), "error", unsupported(what, rl)))
+    trl = data.get("trl")
+    if isinstance(trl, dict) and (online := sorted(k for k in trl if k != "beta" and not asks_nothing(trl[k]))):
+        out.append(Remark(("trl", online[0]), "error", unsupported(f"online RL (GRPO) settings under trl: ({', '.join(online)})",
+                                                                   trl[online[0]])))
+        data["trl"] = {k: v for k, v in trl.items() if k == "beta"}
     return out
 
 

@@ -52,6 +52,37 @@ DATASET_TYPES: tuple[str, ...] = (
 # and rows of token ids (`type` left out).
 KINDS: tuple[str, ...] = DATASET_TYPES + ("user_defined", "pretokenized")
 
+# Preference types (`rl:`), as Axolotl's prompt_strategies/dpo and /kto name them. Under `rl: kto`
+# the same names read unpaired rows: their formats are registered as "kto:" + name.
+PAIR_VARIANTS = ("default", "icr", "intel", "prompt_pairs", "ultra", "argilla_chat")
+KTO_VARIANTS = ("argilla", "intel", "prompt_pairs", "ultra", "argilla_chat")
+PREFERENCE_TYPES: tuple[str, ...] = (
+    ("chat_template.default", "passthrough")
+    + tuple(f"{family}.{variant}" for family in ("chatml", "llama3") for variant in PAIR_VARIANTS)
+)
+KTO_TYPES: tuple[str, ...] = (
+    ("chat_template.default", "passthrough")
+    + tuple(f"{family}.{variant}" for family in ("chatml", "llama3") for variant in KTO_VARIANTS)
+)
+KINDS += PREFERENCE_TYPES + tuple(f"kto:{name}" for name in KTO_TYPES) + ("user_defined_pairs", "user_defined_unpaired")
+
+
+def preference_kind(name: str | None, rl: str) -> str:
+    """The format kind a dataset `type` reads as under `rl:` (KTO: the "kto:" forms). A mapping
+    (`name` "user_defined") is the user-defined preference type; `chat_template` alone means
+    chat_template.default, as in Axolotl's preference strategies."""
+    if name is None:
+        return "pretokenized"
+    if name == "user_defined":
+        return "user_defined_unpaired" if rl == "kto" else "user_defined_pairs"
+    name = "chat_template.default" if name == "chat_template" else name
+    return f"kto:{name}" if rl == "kto" else name
+
+
+def is_preference_type(name: Any) -> bool:
+    """A `type` name only preference training reads (so, without `rl:`, a missing `rl:`)."""
+    return isinstance(name, str) and (name in PREFERENCE_TYPES or name in KTO_TYPES) and name not in DATASET_TYPES
+
 # Axolotl types of objectives tuner does not train yet: prefix -> the capability.
 UNSUPPORTED_PREFIXES = {
     "bradley_terry": "reward-model training (Bradley-Terry pairs)",
@@ -59,22 +90,21 @@ UNSUPPORTED_PREFIXES = {
     "pretrain": "streaming pretraining datasets (pretraining_dataset)",
     "ebft": "Axolotl's EBFT trainer",
     "rwd.": "reward functions for online RL (GRPO)",
-    "chat_template.": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
-    "chatml.": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
-    "llama3.": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
-    "zephyr.": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
-    "user_defined.": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
-    "passthrough": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
-    "dpo": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
-    "kto": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
-    "orpo": "preference training (DPO/ORPO/KTO datasets, with `rl:`)",
+    "chat_template.": "Axolotl preference strategies tuner does not have (argilla-style conversations)",
+    "chatml.": "Axolotl preference strategies tuner does not have",
+    "llama3.": "Axolotl preference strategies tuner does not have",
+    "zephyr.": "Axolotl preference strategies tuner does not have (zephyr.nectar)",
+    "user_defined.": "Axolotl preference strategies tuner does not have (write `type` as a mapping)",
+    "dpo": "Axolotl preference strategies tuner does not have",
+    "kto": "Axolotl preference strategies tuner does not have",
+    "orpo": "Axolotl's ORPO strategies (orpo.chat_template.argilla)",
 }
 
 
 # Dataset keys of objectives tuner does not train yet: key -> the capability (refused "not supported yet").
 UNSUPPORTED_KEYS = {
     **{key: "preference training (DPO/ORPO/KTO datasets, with `rl:`)"
-       for key in ("field_chosen", "field_rejected", "field_prompt", "field_system_prompt", "chosen_key", "rejected_key")},
+       for key in ("field_prompt", "field_system_prompt", "chosen_key", "rejected_key")},
     **{key: "process-reward-model training (stepwise labels)"
        for key in ("step_separator", "max_completion_length", "train_on_last_step_only")},
 }

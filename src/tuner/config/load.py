@@ -30,6 +30,7 @@ from tuner.config.schema import (
     SpecialTokens,
     TunerConfig,
     UserDefinedFormat,
+    UserDefinedPreferenceFormat,
     block_of,
     check_rules,
 )
@@ -394,9 +395,10 @@ def _all_unknown_key_problems(data: dict[str, Any]) -> list[Problem]:
             problems += _unknown_key_problems(ds, set(DatasetConfig.model_fields), axolotl_keys.DATASET, (key, i), "dataset")
             if isinstance(ds.get("type"), dict):
                 ds["type"] = dict(ds["type"])
+                # an instruction format of your own, or (under rl:) a preference one
+                known = set(UserDefinedFormat.model_fields) | set(UserDefinedPreferenceFormat.model_fields)
                 problems += _unknown_key_problems(
-                    ds["type"], set(UserDefinedFormat.model_fields), axolotl_keys.USER_DEFINED_FORMAT,
-                    (key, i, "type"), "user-defined format",
+                    ds["type"], known, axolotl_keys.USER_DEFINED_FORMAT, (key, i, "type"), "user-defined format",
                 )
     for key, model, axolotl in (("fsdp_config", FSDPConfig, axolotl_keys.FSDP_CONFIG),
                                 ("special_tokens", SpecialTokens, axolotl_keys.SPECIAL_TOKENS),
@@ -418,6 +420,14 @@ def _after(cfg: TunerConfig) -> list[compat.Remark]:
     if t.gradient_checkpointing_kwargs is not None and not t.gradient_checkpointing:
         out.append(compat.Remark(("gradient_checkpointing_kwargs",), "not applied",
                                  "not applied: gradient_checkpointing is off"))
+    out += _schedule_remarks(t)
+    if cfg.model.revision_of_model is not None and (looks_local(cfg.model.base_model)
+                                                    or cfg.model.base_model.startswith("pkg:")):
+        out.append(compat.Remark(("revision_of_model",), "not applied", "not applied: base_model is a local path, "
+                                                                         "which has no hub revisions"))
+    if d.min_sample_len and cfg.preference.rl:
+        out.append(compat.Remark(("min_sample_len",), "not applied", f"not applied: rl: {cfg.preference.rl} rows are "
+                                                                      "preference rows (min_sample_len filters SFT rows)"))
     base = cfg.model.base_model
     if (missing := _missing_local(base)) is not None:
         out.append(compat.Remark(("base_model",), "warning", f"{base!r} does not exist here ({missing}); "
@@ -427,6 +437,26 @@ def _after(cfg: TunerConfig) -> list[compat.Remark]:
             if (missing := _missing_local(ds.path)) is not None:
                 out.append(compat.Remark((key, i, "path"), "warning", f"{ds.path!r} does not exist here ({missing}); "
                                                                        "train will stop on it"))
+            if ds.revision is not None and looks_local(ds.path):
+                out.append(compat.Remark((key, i, "revision"), "not applied",
+                                         "not applied: a local path has no hub revisions"))
+    return out
+
+
+def _schedule_remarks(t: Any) -> list[compat.Remark]:
+    """Axolotl's cosine options that its own rules leave unused here (tuner.train.optim.cosine_variant)."""
+    keys = [k for k in ("lr_quadratic_warmup", "cosine_min_lr_ratio", "cosine_constant_lr_ratio") if getattr(t, k)]
+    if keys and t.lr_scheduler != "cosine":
+        return [compat.Remark((k,), "not applied", f"not applied: it shapes lr_scheduler: cosine only (as in Axolotl), "
+                                                   f"and lr_scheduler is {t.lr_scheduler}") for k in keys]
+    out = []
+    if t.lr_quadratic_warmup:
+        out += [compat.Remark((k,), "not applied", "not applied: lr_quadratic_warmup chooses Axolotl's cosine with "
+                                                   "quadratic warmup, which decays to 0 (as Axolotl chooses)")
+                for k in keys if k != "lr_quadratic_warmup"]
+    elif t.cosine_constant_lr_ratio and not t.cosine_min_lr_ratio:
+        out.append(compat.Remark(("cosine_constant_lr_ratio",), "not applied", "not applied: the constant phase holds "
+                                 "cosine_min_lr_ratio, which is not set (as in Axolotl)"))
     return out
 
 

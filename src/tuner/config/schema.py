@@ -21,6 +21,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, 
 from pydantic_core import PydanticCustomError
 
 from tuner.config import dataset_types
+from tuner.errors import did_you_mean
 from tuner.config.dataset_types import CHAT_TEMPLATES, DATASET_TYPES, MAIN_TYPES
 
 PositiveInt = Annotated[int, Field(gt=0)]
@@ -79,6 +80,23 @@ class UserDefinedFormat(Block):
     system_format: str = Field(default="{system}", description="How the system prompt is written before the prompt.")
 
 
+class UserDefinedPreferenceFormat(Block):
+    """`type` given as a mapping under `rl:` (Axolotl's user_defined DPO / KTO types): the prompt,
+    the chosen and rejected completions (KTO: the completion and its label) from columns of your
+    own, through format strings."""
+
+    field_prompt: str = Field(default="prompt", description="Column with the prompt.")
+    field_system: str = Field(default="system", description="Column with an optional system prompt ({system}).")
+    field_chosen: str = Field(default="chosen", description="rl: dpo/ipo/simpo/orpo: column with the chosen completion.")
+    field_rejected: str = Field(default="rejected", description="Column with the rejected completion.")
+    field_completion: str = Field(default="completion", description="rl: kto: column with the completion.")
+    field_label: str = Field(default="label", description="rl: kto: column saying whether it is desirable (true/false).")
+    prompt_format: str = Field(default="{prompt}", description="The prompt, with {prompt} (and {system}).")
+    chosen_format: str = Field(default="{chosen}", description="The chosen completion, with {chosen}.")
+    rejected_format: str = Field(default="{rejected}", description="The rejected completion, with {rejected}.")
+    completion_format: str = Field(default="{completion}", description="rl: kto: the completion, with {completion}.")
+
+
 def _expected(names: tuple[str, ...]) -> str:
     """Names as pydantic's literal errors list them: 'a', 'b' or 'c'."""
     quoted = [repr(n) for n in names]
@@ -88,7 +106,7 @@ def _expected(names: tuple[str, ...]) -> str:
 def _dataset_type(name: str) -> str:
     """A `type` name tuner knows. Axolotl's types of other objectives pass here and are refused,
     with the capability named, by DatasetConfig.problems."""
-    if name in DATASET_TYPES or dataset_types.unsupported(name):
+    if name in DATASET_TYPES or dataset_types.unsupported(name) or dataset_types.is_preference_type(name):
         return name
     raise PydanticCustomError("literal_error", "Input should be {expected}", {"expected": _expected(MAIN_TYPES)})
 
@@ -103,6 +121,8 @@ def _template_name(name: str) -> str:
 DatasetType = Annotated[str, AfterValidator(_dataset_type)]
 ChatTemplateName = Annotated[str, AfterValidator(_template_name)]
 
+# Dataset keys that only mean something under `rl:`.
+PREFERENCE_DATASET_KEYS = ("field_chosen", "field_rejected", "field_completion", "field_label")
 # Dataset keys that only mean something for `type: chat_template`.
 CHAT_KEYS = (
     "field_messages", "message_property_mappings", "roles", "roles_to_train", "train_on_eos", "message_field_training",
@@ -120,7 +140,7 @@ class DatasetConfig(Block):
     they could not be rewritten, and `problems` refuses them saying why."""
 
     path: str = Field(description="A local file or folder, or a Hugging Face Hub dataset id.")
-    type: DatasetType | UserDefinedFormat | None = Field(
+    type: DatasetType | UserDefinedFormat | UserDefinedPreferenceFormat | None = Field(
         default=None,
         description=(
             "How rows become a prompt and a trained completion: alpaca, completion, chat_template, "
@@ -137,6 +157,9 @@ class DatasetConfig(Block):
     )
     split: str = Field(default="train", description="Split to load.")
     name: str | None = Field(default=None, description="Hub dataset configuration name.")
+    revision: str | None = Field(
+        default=None, description="Hub dataset: the revision (branch, tag or commit) to load; offline, from the local cache."
+    )
     field: str | None = Field(
         default=None, description="`completion` only: the text column (default `text`)."
     )
@@ -185,6 +208,15 @@ class DatasetConfig(Block):
     template_thinking_key: str = Field(
         default="reasoning_content", description="chat_template: the key the chat template reads reasoning from."
     )
+    # preference types (with `rl:`)
+    field_chosen: str = Field(
+        default="chosen", description="rl: the column with the chosen completion (a string, a message, or a list "
+        "ending in it).")
+    field_rejected: str = Field(default="rejected", description="rl: the column with the rejected completion.")
+    field_completion: str = Field(default="completion", description="rl: kto: the column with the completion.")
+    field_label: str = Field(
+        default="label", description="rl: kto: the column saying whether the completion is desirable (true/false).")
+    _rl: str | None = PrivateAttr(default=None)  # the config's `rl:` (TunerConfig sets it): how `type` reads
     # Legacy keys: rewritten before validation; set here only when they cannot be (refused, naming why).
     conversation: Literal[tuple(dataset_types.CONVERSATIONS)] | None = Field(  # type: ignore[valid-type]
         default=None, exclude=True, description="Legacy (ShareGPT types): the conversation template; write chat_template instead."
@@ -201,14 +233,24 @@ class DatasetConfig(Block):
     @property
     def kind(self) -> str:
         """The format that prepares this dataset (a tuner.config.dataset_types.KINDS name): the
-        `type` name, 'user_defined' for a mapping, 'pretokenized' when `type` is left out."""
+        `type` name, 'user_defined' for a mapping, 'pretokenized' when `type` is left out; under
+        `rl:` the preference reading of the name (dataset_types.preference_kind)."""
+        if self._rl is not None:
+            return dataset_types.preference_kind(self.type if isinstance(self.type, str) or self.type is None
+                                                 else "user_defined", self._rl)
         if self.type is None:
             return "pretokenized"
-        return "user_defined" if isinstance(self.type, UserDefinedFormat) else self.type
+        return "user_defined" if isinstance(self.type, (UserDefinedFormat, UserDefinedPreferenceFormat)) else self.type
 
     def problems(self, path: tuple[Any, ...]) -> list[Problem]:
         """Rules within one dataset entry; `path` is where it sits (("datasets", 0))."""
         out = []
+        if (self._rl is not None or dataset_types.is_preference_type(self.type)
+                or isinstance(self.type, UserDefinedPreferenceFormat)):
+            return self._preference_problems(path) + self._template_problems(path)
+        for key in sorted(set(PREFERENCE_DATASET_KEYS) & self.model_fields_set):
+            out.append(Problem(path + (key,), f"{key} is a preference-training key: it needs `rl:` (dpo, ipo, simpo, "
+                                              "orpo, kto) and a preference dataset type."))
         capability = dataset_types.unsupported(self.kind)
         if capability is not None:
             out.append(Problem(path + ("type",), f"{self.kind!r} is an Axolotl dataset type for {capability}: "
@@ -228,6 +270,11 @@ class DatasetConfig(Block):
             if getattr(self, key) is not None:
                 out.append(Problem(path + (key,), f"{key} is a key of the legacy sharegpt types; with chat_template write "
                                                   + ("chat_template instead." if key == "conversation" else "roles instead.")))
+        return out + self._template_problems(path)
+
+    def _template_problems(self, path: tuple[Any, ...]) -> list[Problem]:
+        """The dataset's own chat template, if it names one."""
+        out = []
         if self.chat_template in dataset_types.UNSHIPPED_TEMPLATES:
             out.append(Problem(path + ("chat_template",), f"{self.chat_template!r} is "
                                                           f"{dataset_types.UNSHIPPED_TEMPLATES[self.chat_template]}: "
@@ -238,6 +285,43 @@ class DatasetConfig(Block):
             out.append(Problem(path + ("chat_template_jinja",), f"chat_template_jinja is set but chat_template is "
                                                                 f"{self.chat_template}; remove one."))
         return out
+
+
+    def _preference_problems(self, path: tuple[Any, ...]) -> list[Problem]:
+        """A dataset entry under `rl:` (or one with a preference type and no `rl:`)."""
+        name = self.type if isinstance(self.type, str) else None
+        if self._rl is None:
+            return [Problem(path + ("type",), f"{name!r} is a preference dataset type: it needs `rl:` (dpo, ipo, simpo, "
+                                              "orpo, or kto for its unpaired form).")]
+        kind = self.kind
+        allowed = ({f"kto:{n}" for n in dataset_types.KTO_TYPES} | {"user_defined_unpaired"} if self._rl == "kto"
+                   else set(dataset_types.PREFERENCE_TYPES) | {"user_defined_pairs"})
+        if kind not in allowed:
+            known = dataset_types.KTO_TYPES if self._rl == "kto" else dataset_types.PREFERENCE_TYPES
+            what = "type left out (pre-tokenized rows)" if self.type is None else repr(name)
+            capability = dataset_types.unsupported(name) if name else None
+            reason = f"an Axolotl type for {capability}: not supported yet" if capability else \
+                "not a preference type tuner reads"
+            return [Problem(path + ("type",), f"{what} under rl: {self._rl} is {reason}; types: {', '.join(known)}, "
+                                              "or a mapping (user-defined)." + (did_you_mean(name, known) if name else ""))]
+        if isinstance(self.type, UserDefinedFormat):
+            return [Problem(path + ("type",), "under rl: a user-defined type reads field_prompt / field_chosen / "
+                                              "field_rejected (KTO: field_completion / field_label) and prompt_format, "
+                                              "not format / field_instruction.")]
+        chat = kind.endswith("chat_template.default")
+        unused = sorted((set(CHAT_KEYS) - ({"field_messages", "message_property_mappings", "roles", "chat_template",
+                                             "chat_template_jinja"} if chat else set())) & self.model_fields_set)
+        unused += sorted({"field_completion", "field_label"} & self.model_fields_set if self._rl != "kto" else
+                         {"field_chosen", "field_rejected"} & self.model_fields_set)
+        return [Problem(path + (k,), f"{k} does not apply to type {name or 'user-defined'} under rl: {self._rl}.")
+                for k in unused]
+
+
+class QuantizationKwargs(Block):
+    """`model_quantization_config_kwargs`: transformers' Mxfp4Config options."""
+
+    dequantize: bool = Field(default=False, description="Load the quantized weights dequantized (to train them).")
+    modules_to_not_convert: list[str] | None = Field(default=None, description="Modules stored unquantized.")
 
 
 class ModelBlock(Block):
@@ -264,6 +348,21 @@ class ModelBlock(Block):
         default=None, description="Where to load the tokenizer from, if not `base_model`."
     )
     tokenizer_use_fast: bool = Field(default=True, description="Use the fast (Rust) tokenizer.")
+    tokenizer_legacy: bool | None = Field(
+        default=None,
+        description="`legacy=` for tokenizers that take it (Llama / T5-style sentencepiece ones): true adds a word-start "
+        "marker after special tokens (the old behaviour). Default: the tokenizer's own setting.",
+    )
+    revision_of_model: str | None = Field(
+        default=None,
+        description="The hub revision of base_model: a branch, tag or commit (a short commit too); offline, the "
+        "snapshot of that revision in the local hub cache. Axolotl's model_revision is read as this.",
+    )
+    base_model_ignore_patterns: list[str] | str | None = Field(
+        default=None,
+        description="Hub base_model: file patterns not to download (e.g. 'pytorch*'; tuner fetches only config, "
+        "tokenizer and safetensors files anyway).",
+    )
     trust_remote_code: bool = Field(
         default=False,
         description="Allow running Python code shipped with a model repo. Off unless you trust it.",
@@ -278,6 +377,15 @@ class ModelBlock(Block):
         default="sdpa",
         description="Attention kernel: sdpa (default), eager, flash_attention_2 / flash_attention_3 (CUDA, with "
         "flash-attn installed; sdpa otherwise, reported), or flex_attention. Axolotl's other backends run as sdpa, reported.",
+    )
+    model_quantization_config: Literal["Mxfp4Config"] | None = Field(
+        default=None,
+        description="A base model stored quantized by transformers: Mxfp4Config (gpt-oss' MXFP4 experts), with "
+        "model_quantization_config_kwargs: {dequantize: true}: the weights load dequantized into the load dtype and "
+        "train as ordinary weights.",
+    )
+    model_quantization_config_kwargs: QuantizationKwargs | None = Field(
+        default=None, description="Options of model_quantization_config: {dequantize: true} (needed to train)."
     )
 
 
@@ -301,6 +409,9 @@ class DataBlock(Block):
     )
     excess_length_strategy: Literal["drop", "truncate", "raise"] = Field(
         default="drop", description="What to do with rows longer than `sequence_len`."
+    )
+    min_sample_len: PositiveInt | None = Field(
+        default=None, description="Drop (and count) rows of fewer tokens than this, before any truncation (Axolotl's)."
     )
     train_on_inputs: bool = Field(
         default=False, description="Train on prompt tokens too (not only the completion)."
@@ -334,6 +445,11 @@ class DataBlock(Block):
     )
     pad_to_multiple_of: PositiveInt | None = Field(
         default=None, description="Round each batch's padded length up to a multiple of this."
+    )
+    dataset_exact_deduplication: bool | None = Field(
+        default=None,
+        description="Drop prepared rows that repeat an earlier one exactly (all token ids and labels), before the "
+        "evaluation split (Axolotl's); counted.",
     )
     skip_invalid_rows: bool = Field(
         default=False,
@@ -400,6 +516,17 @@ class TrainingBlock(Block):
     lr_scheduler: Literal[SCHEDULERS] = Field(  # type: ignore[valid-type]
         default="cosine", description="Learning-rate schedule after warmup."
     )
+    lr_quadratic_warmup: bool | None = Field(
+        default=None, description="lr_scheduler: cosine: warm up along (step / warmup)^2 instead of linearly (Axolotl's)."
+    )
+    cosine_min_lr_ratio: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None, description="lr_scheduler: cosine: decay to this fraction of learning_rate instead of 0 (Axolotl's)."
+    )
+    cosine_constant_lr_ratio: Annotated[float, Field(ge=0, le=1)] | None = Field(
+        default=None,
+        description="lr_scheduler: cosine, with cosine_min_lr_ratio: the cosine reaches its floor at this fraction of "
+        "all steps and stays there (Axolotl's).",
+    )
     warmup_steps: NonNegInt | None = Field(
         default=None, description="Linear warmup steps; default: warmup_ratio, else 3% of the steps (at most 100)."
     )
@@ -442,6 +569,11 @@ class TrainingBlock(Block):
         default=None, description="Train with FSDP (CUDA GPUs), e.g. [full_shard, auto_wrap]; details in fsdp_config."
     )
     fsdp_config: FSDPConfig | None = Field(default=None, description="FSDP settings (see FSDPConfig).")
+    dp_shard_size: PositiveInt | None = Field(
+        default=None,
+        description="With fsdp: how many processes share one copy of the model (Axolotl's). tuner shards across "
+        "all processes, so train checks it equals their number (sharding within groups, HSDP, is not supported yet).",
+    )
     deepspeed: str | dict[str, Any] | None = Field(
         default=None, description="Train with DeepSpeed (CUDA GPUs): a JSON config file or the config inline."
     )
@@ -466,6 +598,11 @@ class TrainingBlock(Block):
     evals_per_epoch: NonNegInt | None = Field(
         default=None,
         description="Evaluate N times per epoch, evenly spaced (instead of eval_steps); 0 or empty: once per epoch.",
+    )
+    early_stopping_patience: PositiveInt | None = Field(
+        default=None,
+        description="End training (saving the model as at a normal end) once eval_loss has not beaten its best for "
+        "N evaluations in a row (HF Trainer's EarlyStoppingCallback). The saved model is the last step's.",
     )
     save_steps: PositiveInt | Annotated[float, Field(gt=0, lt=1)] | None = Field(
         default=None, description="Checkpoint every N steps (or a fraction of all steps); default: each epoch."
@@ -530,6 +667,12 @@ class AdapterBlock(Block):
     )
     lora_target_linear: bool | None = Field(
         default=None, description="Adapt every linear layer except the output head."
+    )
+    lora_target_parameters: list[str] | None = Field(
+        default=None,
+        description="Parameters to adapt directly (peft's target_parameters), by name or name suffix, e.g. "
+        "[mlp.experts.gate_up_proj, mlp.experts.down_proj]: MoE experts stored as 3-D tensors, not nn.Linear. "
+        "Needs lora_dropout: 0 and no DoRA.",
     )
     lora_modules_to_save: list[str] | None = Field(
         default=None, description="Modules trained in full and saved with the adapter (e.g. [embed_tokens, lm_head])."
@@ -651,6 +794,13 @@ class TunerConfig(BaseModel):
     def notices(self) -> tuple[Notice, ...]:
         return self._notices
 
+    @model_validator(mode="after")
+    def _datasets_read_as_rl(self) -> TunerConfig:
+        """Under `rl:` every dataset entry reads its `type` as a preference type (DatasetConfig.kind)."""
+        for ds in [*self.data.datasets, *(self.data.test_datasets or [])]:
+            ds._rl = self.preference.rl
+        return self
+
     def __eq__(self, other: object) -> bool:
         """Equal when the blocks are (notices name YAML lines, which a dump moves)."""
         return isinstance(other, TunerConfig) and all(getattr(self, n) == getattr(other, n) for n in BLOCKS)
@@ -665,8 +815,11 @@ class TunerConfig(BaseModel):
         if name == "data":
             for key in ("datasets", "test_datasets"):
                 for entry, ds in zip(values.get(key) or [], getattr(self.data, key) or []):
-                    for chat_key in CHAT_KEYS if ds.kind != "chat_template" else ():
+                    chat = ds.kind == "chat_template" or ds.kind.endswith("chat_template.default")
+                    for chat_key in CHAT_KEYS if not chat else ():
                         entry.pop(chat_key, None)
+                    for pref_key in PREFERENCE_DATASET_KEYS if ds._rl is None else ():
+                        entry.pop(pref_key, None)
         return values
 
     def to_flat(self) -> dict[str, Any]:
@@ -714,12 +867,13 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
         *_length_problems(cfg.training),
         *_cadence_problems(cfg),
         *_adapter_problems(cfg.adapter, cfg.training),
-        *_quantization_problems(cfg.adapter),
+        *_quantization_problems(cfg.adapter, cfg.model),
         *_engine_problems(cfg.training),
         *_batch_problems(cfg.data),
         *_eval_problems(cfg),
         *_chat_template_problems(cfg.data),
         *_dataset_problems(cfg.data),
+        *_preference_problems(cfg),
     ]
 
 
@@ -764,14 +918,24 @@ def _adapter_problems(a: AdapterBlock, t: TrainingBlock) -> list[Problem]:
                 problems.append(
                     Problem((key,), f"{key} is set but there is no adapter; add `adapter: lora` or remove {key}.")
                 )
-    elif a.lora_target_modules is None and not a.lora_target_linear and a.lora_model_dir is None:
+    elif (a.lora_target_modules is None and not a.lora_target_linear and a.lora_model_dir is None
+          and not a.lora_target_parameters):
         problems.append(
             Problem(
                 ("adapter",),
                 f"adapter: {a.adapter} needs target modules: set `lora_target_linear: true` "
-                "or `lora_target_modules: [q_proj, v_proj, ...]`.",
+                "or `lora_target_modules: [q_proj, v_proj, ...]` (or `lora_target_parameters`).",
             )
         )
+    if a.adapter is not None and a.lora_target_parameters:
+        # peft's ParamWrapper (LoRA on a parameter) refuses both: x is not factored out of an expert matmul.
+        if a.lora_dropout:
+            problems.append(Problem(("lora_dropout",), f"lora_dropout is {a.lora_dropout:g} but lora_target_parameters "
+                                    "needs 0: peft's LoRA on a parameter cannot apply dropout to its input (set "
+                                    "`lora_dropout: 0`)."))
+        if a.peft_use_dora:
+            problems.append(Problem(("peft_use_dora",), "peft_use_dora does not work with lora_target_parameters "
+                                    "(peft's LoRA on a parameter has no DoRA); remove one."))
     if isinstance(a.lora_target_modules, str):
         import re
 
@@ -786,8 +950,20 @@ def _adapter_problems(a: AdapterBlock, t: TrainingBlock) -> list[Problem]:
     return problems
 
 
-def _quantization_problems(a: AdapterBlock) -> list[Problem]:
+def _quantization_problems(a: AdapterBlock, m: ModelBlock) -> list[Problem]:
     problems = []
+    if m.model_quantization_config is not None:
+        if not (m.model_quantization_config_kwargs and m.model_quantization_config_kwargs.dequantize):
+            problems.append(Problem(("model_quantization_config",), f"{m.model_quantization_config!r}: not supported "
+                                    "yet: training MXFP4 weights as stored (transformers cannot). An Axolotl key tuner does "
+                                    "not support yet; set `model_quantization_config_kwargs: {dequantize: true}` to train "
+                                    "the dequantized weights"))
+        if a.load_in_4bit or a.load_in_8bit:
+            problems.append(Problem(("model_quantization_config",), "model_quantization_config and load_in_4bit / "
+                                    "load_in_8bit are both set; pick one (as in Axolotl)."))
+    elif m.model_quantization_config_kwargs is not None:
+        problems.append(Problem(("model_quantization_config_kwargs",), "model_quantization_config_kwargs is set but "
+                                "model_quantization_config is not; set `model_quantization_config: Mxfp4Config`."))
     if a.adapter == "qlora" and not a.load_in_4bit:
         problems.append(Problem(("load_in_4bit",), "adapter: qlora needs `load_in_4bit: true`."))
     if a.load_in_4bit and a.adapter != "qlora":
@@ -801,6 +977,9 @@ def _quantization_problems(a: AdapterBlock) -> list[Problem]:
 
 def _engine_problems(t: TrainingBlock) -> list[Problem]:
     problems = []
+    if t.dp_shard_size and t.dp_shard_size > 1 and not t.fsdp:
+        problems.append(Problem(("dp_shard_size",), f"dp_shard_size: {t.dp_shard_size} shards the model with FSDP; "
+                                "set fsdp (e.g. fsdp_config: {fsdp_version: 2}) or remove dp_shard_size."))
     if t.fsdp and t.deepspeed is not None:
         problems.append(Problem(("deepspeed",), "fsdp and deepspeed are both set; pick one."))
     if isinstance(t.deepspeed, str):
@@ -828,6 +1007,9 @@ def _eval_problems(cfg: TunerConfig) -> list[Problem]:
         problems.append(
             Problem(("eval_steps",), "eval_steps is set but there is nothing to evaluate: set val_set_size or test_datasets.")
         )
+    if cfg.training.early_stopping_patience and not d.val_set_size and not d.test_datasets:
+        problems.append(Problem(("early_stopping_patience",), "early_stopping_patience watches eval_loss, but there is "
+                                "nothing to evaluate: set val_set_size or test_datasets."))
     if d.test_datasets and d.val_set_size:
         problems.append(Problem(("val_set_size",), "val_set_size and test_datasets are both set; evaluate on one of them."))
     return problems
@@ -881,3 +1063,51 @@ def _format_problems(fmt: UserDefinedFormat, path: tuple[Any, ...]) -> list[Prob
     except (KeyError, IndexError, ValueError):
         out.append(Problem(path + ("system_format",), f"{fmt.system_format!r} may only use {{system}}."))
     return out
+
+
+# TRL 1.16's DPO loss types (`dpo_loss_type`); "sft" is the NLL term on chosen completions (RPO).
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "robust", "exo_pair", "nca_pair", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm", "sft")
+SMOOTHED_LOSSES = ("sigmoid", "robust", "exo_pair", "aot", "aot_unpaired")
+# keys of one method only -> the methods they belong to
+METHOD_KEYS = {
+    "dpo_loss_type": ("dpo",), "dpo_loss_weights": ("dpo",), "dpo_label_smoothing": ("dpo",), "rpo_alpha": ("dpo",),
+    "simpo_gamma": ("simpo",), "cpo_alpha": ("simpo",), "orpo_alpha": ("orpo",),
+    "kto_desirable_weight": ("kto",), "kto_undesirable_weight": ("kto",),
+    "precompute_ref_log_probs": ("dpo", "ipo"),
+}
+
+
+def _preference_problems(cfg: TunerConfig) -> list[Problem]:
+    """`rl:` and its keys: each method's own keys only with that method, and what SFT-only keys mean."""
+    p, d = cfg.preference, cfg.data
+    set_keys = {k for k in p.model_fields_set if getattr(p, k) not in (None, False)} - {"rl"}
+    if p.rl is None:
+        return [Problem((k,), f"{k} is set but rl is not: it belongs to preference training; add `rl:` (dpo, ipo, "
+                              "simpo, orpo or kto) or remove it.") for k in sorted(set_keys)]
+    problems = [Problem((k,), f"{k} applies to rl: {' / '.join(METHOD_KEYS[k])}, not to rl: {p.rl}; remove it or "
+                              f"set rl: {METHOD_KEYS[k][0]}.")
+                for k in sorted(set_keys) if k in METHOD_KEYS and p.rl not in METHOD_KEYS[k]]
+    types = p.dpo_loss_type or []
+    for i, name in enumerate(types):
+        if name not in DPO_LOSS_TYPES:
+            problems.append(Problem(("dpo_loss_type", i), f"{name!r} is not a DPO loss type; TRL's: "
+                                                          f"{', '.join(DPO_LOSS_TYPES)}.{did_you_mean(name, DPO_LOSS_TYPES)}"))
+    if p.dpo_loss_weights is not None and len(p.dpo_loss_weights) != len(types or ["sigmoid"]):
+        problems.append(Problem(("dpo_loss_weights",), f"{len(p.dpo_loss_weights)} weight(s) for "
+                                                       f"{len(types or ['sigmoid'])} dpo_loss_type entries; give one per type."))
+    if p.dpo_label_smoothing and not set(types or ["sigmoid"]) & set(SMOOTHED_LOSSES):
+        problems.append(Problem(("dpo_label_smoothing",), f"dpo_label_smoothing applies to {', '.join(SMOOTHED_LOSSES)}; "
+                                                          f"dpo_loss_type is {types}."))
+    if p.rl_beta is not None and p.trl is not None and p.trl.beta is not None and p.rl_beta != p.trl.beta:
+        problems.append(Problem(("rl_beta",), f"rl_beta {p.rl_beta} and trl.beta {p.trl.beta} differ; keep one."))
+    for key in ("sample_packing", "batch_flattening", "eval_sample_packing", "train_on_inputs"):
+        if getattr(d, key):
+            why = ("under rl: the sequences of a micro-batch already go through the model end to end, without "
+                   "padding" if key != "train_on_inputs" else "preference losses compare completions; prompts never train")
+            problems.append(Problem((key,), f"{key} is for supervised fine-tuning: {why}; remove it."))
+    if p.rl == "kto" and cfg.training.micro_batch_size < 2:
+        problems.append(Problem(("micro_batch_size",), "rl: kto needs micro_batch_size 2 or more: each example's KL "
+                                                       "term pairs its prompt with another example's completion in the "
+                                                       "same micro-batch (as TRL)."))
+    return problems

@@ -110,10 +110,26 @@ def histogram(lengths: list[int], bins: int = 10, width: int = 40) -> list[str]:
     return lines
 
 
+def render_pair(tokenizer: Any, row: dict[str, Any], colour: bool) -> list[str]:
+    """A preference pair: the prompt both sides share, then each side's trained completion."""
+    cut = row["prompt_len"]
+    prompt = row["chosen_input_ids"][:cut]
+    assert prompt == row["rejected_input_ids"][:cut], "a prepared pair's prompts differ"
+    out = [f"  prompt ({cut} tokens, shared, not trained): {_show(tokenizer.decode(prompt))}"]
+    for side in ("chosen", "rejected"):
+        ids, labels = row[f"{side}_input_ids"], row[f"{side}_labels"]
+        start = max(cut - 1, 0)  # from the prompt's last token: a row's first position is never trained
+        out.append(f"  {side} ({len(ids) - cut} tokens, {trained_count(labels)} trained): "
+                   + render_row(tokenizer, ids[start:], labels[start:], colour))
+    return out
+
+
 def report(prepared: PreparedData, tokenizer: Any, sequence_len: int, micro_batch_size: int, seed: int,
            n_rows: int, colour: bool, packing: bool = False) -> str:
     rows = prepared.train
     out = [f"prepared dataset: {prepared.path} ({'reused' if prepared.reused else 'new'})"]
+    if "chosen_input_ids" in rows.column_names:
+        return "\n".join(out + pair_report(prepared, tokenizer, n_rows, colour))
     for i in range(min(n_rows, rows.num_rows)):
         row = rows[i]
         n_trained = trained_count(row["labels"])
@@ -144,3 +160,21 @@ def report(prepared: PreparedData, tokenizer: Any, sequence_len: int, micro_batc
     if prepared.eval is not None:
         out.append(f"  evaluation rows: {prepared.eval.num_rows}")
     return "\n".join(out)
+
+
+def pair_report(prepared: PreparedData, tokenizer: Any, n_rows: int, colour: bool) -> list[str]:
+    rows = prepared.train
+    out = []
+    for i in range(min(n_rows, rows.num_rows)):
+        out.append(f"\n--- pair {i + 1} of {rows.num_rows} ({'green' if colour else '[bracketed]'}: trained)")
+        out += render_pair(tokenizer, rows[i], colour)
+    out.append("\n--- statistics (training pairs)")
+    out += describe(prepared.stats)
+    prompts = sorted(rows["prompt_len"])
+    longer = sorted(max(len(c), len(r)) for c, r in zip(rows["chosen_input_ids"], rows["rejected_input_ids"]))
+    out.append(f"  prompt length in tokens: min {prompts[0]}, median {percentile(prompts, 50)}, max {prompts[-1]}")
+    out.append(f"  longer side of a pair: min {longer[0]}, median {percentile(longer, 50)}, p95 {percentile(longer, 95)}, "
+               f"max {longer[-1]}")
+    if prepared.eval is not None:
+        out.append(f"  evaluation pairs: {prepared.eval.num_rows}")
+    return out

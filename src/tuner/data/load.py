@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuner import hub
 from tuner.config.schema import FILE_TYPES, DatasetConfig
 from tuner.data.formats import DatasetFormat, FieldError, get_format
 from tuner.errors import UserError
@@ -120,9 +121,9 @@ def load_hub(ds: DatasetConfig, index: int, key: str = "datasets") -> tuple[RawS
 
     src = RawSource(index, f"{ds.path}, split {ds.split}", None, None, key)
     try:
-        data = load_dataset(ds.path, name=ds.name, data_files=ds.data_files, split=ds.split)
+        data = load_dataset(ds.path, name=ds.name, data_files=ds.data_files, split=ds.split, revision=ds.revision)
     except Exception as err:  # noqa: BLE001
-        offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        offline = hub.offline()
         first = str(err).strip().splitlines()[0][:300] if str(err).strip() else type(err).__name__
         hint = " (HF_HUB_OFFLINE is set: only datasets already in the local cache can load)" if offline else ""
         raise UserError(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -16,10 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.config.schema import DatasetConfig, TunerConfig
 from tuner.data import cache, templates
+from tuner.data.dedup import drop_duplicates
 from tuner.data.formats import EncodeContext, FieldError, get_format
+from tuner.data.formats.preference import pair_row, unpaired_row
 from tuner.data.labels import trained_count
 from tuner.data.load import ROW, RawSource, load_hub, load_source, local_sources
-from tuner.data.tokenize import KEPT, NOTHING_TO_TRAIN, TOO_LONG, TokenizeSettings, finish_row
+from tuner.data.tokenize import KEPT, NOTHING_TO_TRAIN, TOO_LONG, TOO_SHORT, TokenizeSettings, finish_row
 from tuner.errors import UserError
 
 if TYPE_CHECKING:
@@ -27,7 +30,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tuner")
 
-COLUMNS = ("input_ids", "attention_mask", "labels")
 INVALID = 3  # a row status beside tokenize's KEPT / TOO_LONG / NOTHING_TO_TRAIN
 SHOWN_ROWS = 5  # how many dropped rows a summary names
 
@@ -60,8 +62,8 @@ def describe(stats: dict[str, Any]) -> list[str]:
     for src in stats["sources"]:
         dropped = []
         examples = src.get("dropped_examples", {})
-        for key, what in (("too_long", "longer than sequence_len"), ("nothing_to_train", "with nothing to train"),
-                          ("invalid", "invalid")):
+        for key, what in (("too_long", "longer than sequence_len"), ("too_short", "shorter than min_sample_len"),
+                          ("nothing_to_train", "with nothing to train"), ("invalid", "invalid")):
             if src.get(key):
                 rows = examples.get(key)
                 at = f" (rows {', '.join(map(str, rows))}{', ...' if src[key] > len(rows) else ''})" if rows else ""
@@ -70,7 +72,8 @@ def describe(stats: dict[str, Any]) -> list[str]:
         trunc = f", {src['truncated']} truncated" if src.get("truncated") else ""
         lines.append(f"  {src['where']}: {src['read']} rows read, {src['kept']} kept{extra}{trunc}")
         lines.extend(f"    invalid {e}" for e in src.get("invalid_examples", []))
-    lines.append(f"  total: {stats['rows']} rows, {stats['tokens']:,} tokens, {stats['trained_tokens']:,} trained")
+    duplicates = f" ({stats['duplicates']} exact duplicates dropped)" if "duplicates" in stats else ""
+    lines.append(f"  total: {stats['rows']} rows{duplicates}, {stats['tokens']:,} tokens, {stats['trained_tokens']:,} trained")
     return lines
 
 
@@ -83,22 +86,71 @@ class Encoder:
     settings: TokenizeSettings
     skip_invalid: bool
     eot_tokens: tuple[str, ...] | None = None
+    max_prompt_len: int | None = None  # preference rows: the prompt's share under truncation
 
     def context(self, ds: DatasetConfig) -> EncodeContext:
         template = templates.for_dataset(ds, self.template, self.tokenizer) if get_format(ds).chat else None
         return EncodeContext(self.tokenizer, self.settings.train_on_inputs, template, self.eot_tokens)
 
 
+@dataclass(frozen=True)
+class RowKind:
+    """What a prepared row holds: one sequence with labels (SFT), a preference pair, or an
+    unpaired example (KTO); each dataset format declares its kind (`DatasetFormat.rows`)."""
+
+    columns: dict[str, str]  # column -> "ids" (token ids), "mask" (0/1), "int" or "bool"
+    label_columns: tuple[str, ...]
+    token_columns: tuple[str, ...]  # whose lengths add up to a row's tokens
+    finish: Callable[[Any, Encoder], dict[str, Any]]  # an encoded row -> its columns, status and truncated
+
+    def features(self) -> dict[str, Any]:
+        from datasets import Sequence, Value
+
+        kinds = {"ids": Sequence(Value("int32")), "mask": Sequence(Value("int8")), "int": Value("int32"),
+                 "bool": Value("bool")}
+        return {name: kinds[kind] for name, kind in self.columns.items()}
+
+    def empty(self) -> dict[str, Any]:
+        return {name: [] if kind in ("ids", "mask") else (False if kind == "bool" else 0)
+                for name, kind in self.columns.items()}
+
+    def tokens(self, result: dict[str, Any]) -> int:
+        return max(len(result[c]) for c in self.token_columns)
+
+
+SEQUENCE = RowKind({"input_ids": "ids", "attention_mask": "mask", "labels": "ids"}, ("labels",), ("input_ids",),
+                   lambda encoded, enc: finish_row(*encoded, enc.settings))
+PAIR = RowKind({"chosen_input_ids": "ids", "chosen_labels": "ids", "rejected_input_ids": "ids", "rejected_labels": "ids",
+                "prompt_len": "int"}, ("chosen_labels", "rejected_labels"), ("chosen_input_ids", "rejected_input_ids"),
+               lambda pair, enc: pair_row(pair, enc.settings.sequence_len, enc.settings.excess_length_strategy,
+                                          enc.max_prompt_len))
+UNPAIRED = RowKind({"input_ids": "ids", "labels": "ids", "prompt_len": "int", "desirable": "bool"}, ("labels",),
+                   ("input_ids",), lambda example, enc: unpaired_row(example, enc.settings.sequence_len,
+                                                                     enc.settings.excess_length_strategy,
+                                                                     enc.max_prompt_len))
+ROW_KINDS = {"sequence": SEQUENCE, "pair": PAIR, "unpaired": UNPAIRED}
+
+
+def row_kind(cfg: TunerConfig) -> RowKind:
+    """The kind of row the config's objective trains on."""
+    rl = cfg.preference.rl
+    return SEQUENCE if rl is None else UNPAIRED if rl == "kto" else PAIR
+
+
 def _encode_rows(rows: list[dict[str, Any]], ds: DatasetConfig, enc: Encoder) -> list[dict[str, Any] | FieldError]:
-    """Tokenized rows (see tokenize.finish_row), or the FieldError of each bad row."""
-    encoded = get_format(ds).encode_many(rows, ds, enc.context(ds))
-    return [r if isinstance(r, FieldError) else finish_row(*r, enc.settings) for r in encoded]
+    """Tokenized rows with their status (see RowKind.finish), or the FieldError of each bad row."""
+    fmt = get_format(ds)
+    kind = ROW_KINDS[fmt.rows]
+    encoded = fmt.encode_many(rows, ds, enc.context(ds))
+    return [r if isinstance(r, FieldError) else kind.finish(r, enc) for r in encoded]
 
 
 def _tokenize_batch(batch: dict[str, list[Any]], *, ds: DatasetConfig, src: RawSource, enc: Encoder) -> dict[str, list[Any]]:
     names = [n for n in batch if n != ROW]
     rows = [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
-    out: dict[str, list[Any]] = {k: [] for k in (*COLUMNS, "status", "truncated", "problem", ROW)}
+    kind = ROW_KINDS[get_format(ds).rows]
+    columns = (*kind.columns, "status", "truncated")
+    out: dict[str, list[Any]] = {k: [] for k in (*columns, "problem", ROW)}
     for result, index in zip(_encode_rows(rows, ds, enc), batch[ROW]):
         problem = ""
         if isinstance(result, FieldError):
@@ -108,13 +160,13 @@ def _tokenize_batch(batch: dict[str, list[Any]], *, ds: DatasetConfig, src: RawS
                     f"{src.where(index)}: {result}. Type {ds.kind} reads {fields} (this file has: {', '.join(names)})"
                 )
             problem = str(result)
-            result = {"input_ids": [], "attention_mask": [], "labels": [], "status": INVALID, "truncated": False}
+            result = {**kind.empty(), "status": INVALID, "truncated": False}
         elif result["status"] == TOO_LONG and enc.settings.excess_length_strategy == "raise":
             raise UserError(
-                f"{src.where(index)}: is {len(result['input_ids'])} tokens long, more than sequence_len "
+                f"{src.where(index)}: is {kind.tokens(result)} tokens long, more than sequence_len "
                 f"{enc.settings.sequence_len} (excess_length_strategy: raise; use drop or truncate to go on)"
             )
-        for key in (*COLUMNS, "status", "truncated"):
+        for key in columns:
             out[key].append(result[key])
         out["problem"].append(problem)
         out[ROW].append(index)
@@ -123,13 +175,11 @@ def _tokenize_batch(batch: dict[str, list[Any]], *, ds: DatasetConfig, src: RawS
 
 def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, num_proc: int | None) -> tuple[Dataset, dict[str, Any]]:
     import numpy as np
-    from datasets import Features, Sequence, Value
+    from datasets import Features, Value
 
     features = Features(
         {
-            "input_ids": Sequence(Value("int32")),
-            "attention_mask": Sequence(Value("int8")),
-            "labels": Sequence(Value("int32")),
+            **ROW_KINDS[get_format(ds).rows].features(),
             "status": Value("int8"),
             "truncated": Value("bool"),
             "problem": Value("string"),
@@ -158,19 +208,21 @@ def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encod
         "read": raw.num_rows + len(src.invalid),
         "kept": kept.num_rows,
         "too_long": int((status == TOO_LONG).sum()),
+        "too_short": int((status == TOO_SHORT).sum()),
         "nothing_to_train": int((status == NOTHING_TO_TRAIN).sum()),
         "invalid": len(src.invalid) + len(invalid_idx),
         "invalid_examples": [f"row {row + 1}: {problem}" for row, problem in sorted(invalid)[:SHOWN_ROWS]],
         "dropped_examples": {
             name: [int(r) + 1 for r in row_numbers[status == code][:SHOWN_ROWS]]
-            for name, code in (("too_long", TOO_LONG), ("nothing_to_train", NOTHING_TO_TRAIN))
+            for name, code in (("too_long", TOO_LONG), ("too_short", TOO_SHORT), ("nothing_to_train", NOTHING_TO_TRAIN))
         },
         "truncated": int(np.asarray(mapped["truncated"]).sum()),
     }
     return kept, stats
 
 
-def _build(entries: list[tuple[DatasetConfig, RawSource, Dataset]], enc: Encoder, num_proc: int | None) -> tuple[Dataset, dict[str, Any]]:
+def _build(entries: list[tuple[DatasetConfig, RawSource, Dataset]], enc: Encoder, num_proc: int | None,
+           kind: RowKind, deduplicate: bool = False) -> tuple[Dataset, dict[str, Any]]:
     import numpy as np
     from datasets import concatenate_datasets
 
@@ -180,18 +232,22 @@ def _build(entries: list[tuple[DatasetConfig, RawSource, Dataset]], enc: Encoder
         parts.append(part)
         sources.append(stats)
     rows = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    rows, duplicates = drop_duplicates(rows) if deduplicate else (rows, 0)
     if rows.num_rows == 0:
         raise UserError(
             "no rows left after tokenization:\n"
             + "\n".join(
                 f"  {s['where']}: {s['read']} read, {s['too_long']} longer than sequence_len "
-                f"{enc.settings.sequence_len}, {s['nothing_to_train']} with nothing to train, {s['invalid']} invalid"
+                f"{enc.settings.sequence_len}, {s.get('too_short', 0)} shorter than min_sample_len, "
+                f"{s['nothing_to_train']} with nothing to train, {s['invalid']} invalid"
                 for s in sources
             )
         )
-    lengths = np.fromiter((len(x) for x in rows["input_ids"]), dtype=np.int64, count=rows.num_rows)
-    trained = sum(trained_count(np.asarray(lab)) for lab in rows.with_format("numpy")["labels"])
-    return rows, {"sources": sources, "rows": rows.num_rows, "tokens": int(lengths.sum()), "trained_tokens": trained}
+    tokens = sum(int(sum(len(x) for x in rows[c])) for c in kind.token_columns)
+    numpy_rows = rows.with_format("numpy")
+    trained = sum(trained_count(np.asarray(lab)) for c in kind.label_columns for lab in numpy_rows[c])
+    stats = {"sources": sources, "rows": rows.num_rows, "tokens": tokens, "trained_tokens": trained}
+    return rows, {**stats, "duplicates": duplicates} if deduplicate else stats
 
 
 def split_eval(rows: Dataset, val_set_size: float, seed: int) -> tuple[Dataset, Dataset | None]:
@@ -238,9 +294,23 @@ def _prepared(
             return rows, meta["stats"], fp, True
         log.info("preparing %s into %s", key, root / fp)
         loaded = [(ds, src, data if data is not None else load_source(src, ds, enc.skip_invalid)) for ds, src, data in entries]
-        rows, stats = _build(loaded, enc, cfg.data.dataset_num_proc)
+        rows, stats = _build(loaded, enc, cfg.data.dataset_num_proc, row_kind(cfg), cfg.data.dataset_exact_deduplication)
         cache.save(root, fp, rows, {"inputs": inputs, "stats": stats})
         return cache.load(root, fp)[0], stats, fp, False  # memory-mapped from disk, like a reused dataset
+
+
+def check_row_kinds(cfg: TunerConfig) -> None:
+    """Every dataset's rows are the kind the objective trains on (pairs for rl: dpo, ...)."""
+    want = row_kind(cfg)
+    for key in ("datasets", "test_datasets"):
+        for i, ds in enumerate(getattr(cfg.data, key) or []):
+            if ROW_KINDS[get_format(ds).rows] is not want:
+                what = {"sequence": "an SFT type", "pair": "a preference-pair type", "unpaired": "a KTO type"}
+                raise UserError(
+                    f"{key}[{i}].type: {ds.kind} is {what[get_format(ds).rows]}, but "
+                    f"{'rl: ' + str(cfg.preference.rl) if cfg.preference.rl else 'supervised fine-tuning'} trains on "
+                    f"{ {SEQUENCE: 'SFT', PAIR: 'preference-pair', UNPAIRED: 'KTO'}[want] } rows"
+                )
 
 
 def prepare(cfg: TunerConfig, tokenizer: Any, tokenizer_files: list[Path]) -> PreparedData:
@@ -251,8 +321,10 @@ def prepare(cfg: TunerConfig, tokenizer: Any, tokenizer_files: list[Path]) -> Pr
     """
     d = cfg.data
     template = templates.resolve(d, tokenizer)
-    enc = Encoder(tokenizer, template, TokenizeSettings(d.sequence_len, d.excess_length_strategy, d.train_on_inputs),
-                  d.skip_invalid_rows, tuple(d.eot_tokens) if d.eot_tokens else None)
+    enc = Encoder(tokenizer, template, TokenizeSettings(d.sequence_len, d.excess_length_strategy, d.train_on_inputs,
+                                                        d.min_sample_len),
+                  d.skip_invalid_rows, tuple(d.eot_tokens) if d.eot_tokens else None, cfg.preference.max_prompt_len)
+    check_row_kinds(cfg)
     rows, stats, fp, reused = _prepared(cfg, "datasets", d.datasets, enc, tokenizer_files)
     root = Path(d.dataset_prepared_path)
     if d.test_datasets:

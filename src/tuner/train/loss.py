@@ -120,6 +120,55 @@ class CausalLMLoss(torch.nn.Module):
         return total
 
 
+def _chunk_logps(hidden: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module, softcap: float | None) -> torch.Tensor:
+    logits = head(hidden).float()
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return torch.log_softmax(logits, dim=-1).gather(-1, targets[:, None])[:, 0]
+
+
+def token_logps(model: torch.nn.Module, input_ids: torch.Tensor, labels: torch.Tensor,
+                attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(label) of every trained token (labels after the shift that are not -100), in the
+    order of `labels[:, 1:] != -100` (row by row). The head runs only on those positions, in
+    chunks recomputed in backward, as for CausalLMLoss; models outside PLAIN_HEAD use their
+    own full forward."""
+    inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+    inputs = {k: v for k, v in inputs.items() if v is not None}
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    softcap = getattr(base.config, "final_logit_softcapping", None)
+    if getattr(base.config, "model_type", None) not in PLAIN_HEAD:
+        logits = model(**inputs, use_cache=False).logits[:, :-1][keep].float()
+        return torch.log_softmax(logits, dim=-1).gather(-1, targets[keep][:, None])[:, 0]
+    hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state[:, :-1][keep]
+    targets = targets[keep]
+    head = base.get_output_embeddings()
+    pieces = []
+    chunk = chunk_positions(head.weight.shape[0], bool(softcap))
+    for start in range(0, targets.numel(), chunk):
+        h, t = hidden[start : start + chunk], targets[start : start + chunk]
+        if torch.is_grad_enabled():
+            pieces.append(checkpoint(_chunk_logps, h, t, head, softcap, use_reentrant=False))
+        else:
+            pieces.append(_chunk_logps(h, t, head, softcap))
+    return torch.cat(pieces) if pieces else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def sequence_logps(token_values: torch.Tensor, labels: torch.Tensor, sequence: torch.Tensor,
+                   sequences: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of log-probs, trained tokens) per sequence. `sequence` gives, for every position of
+    the batch, the index of the sequence it belongs to (-1 for padding); `token_values` are
+    `token_logps` of the same batch."""
+    keep = labels[:, 1:] != IGNORE
+    owner = sequence[:, 1:][keep]
+    sums = token_values.new_zeros(sequences).index_add(0, owner, token_values)
+    counts = torch.zeros(sequences, dtype=torch.long, device=owner.device).index_add(
+        0, owner, torch.ones_like(owner))
+    return sums, counts
+
+
 # --------------------------------------------------------------------------- selective recomputation
 
 RECOMPUTE_ENV = "TUNER_SELECTIVE_RECOMPUTE"  # "0": keep every activation (for measurements)

@@ -26,6 +26,7 @@ from tuner.train.distributed import accelerator_kwargs, check_world_size
 from tuner.train.loss import selective_recompute, uses_selective_recompute
 from tuner.train.objectives import Objective, objective_for
 from tuner.train.objectives.base import Units
+from tuner.train.objectives.preference import precompute_reference
 from tuner.train.optim import build_optimizer, build_scheduler
 from tuner.train.precision import apply_tf32, compute_dtype, mixed_precision
 from tuner.train.step import Totals, accumulate_gradients
@@ -94,6 +95,10 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
 
     objective = objective_for(cfg)
     pad = inputs.tokenizer.pad_token_id
+    if cfg.preference.precompute_ref_log_probs:  # the reference's log-probs once, then no reference
+        data.train = precompute_reference(cfg, model, data.train, pad, accelerator)
+        if data.eval is not None:
+            data.eval = precompute_reference(cfg, model, data.eval, pad, accelerator)
     train_batches = objective.batches(data.train, cfg, pad, evaluation=False)
     eval_batches = None if data.eval is None else objective.batches(data.eval, cfg, pad, evaluation=True)
     plan = StepPlan.build(train_batches.units, t, accelerator.num_processes)
@@ -107,6 +112,8 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
             log.info("resuming from %s at step %d of %d", resume_from, state.step, plan.total_steps)
 
     module = objective.wrap(model)
+    if os.environ.get(MALLOC_ENV, "").strip().lower() == "trim":
+        trim_after_forward(module)
     if t.torch_compile:
         compiled = compile_decoder_layers(model)
         if accelerator.is_main_process:
@@ -140,6 +147,9 @@ def build_model(cfg: TunerConfig, inputs: Inputs, precision: str) -> Any:
     under autocast.
     """
     t, a = cfg.training, cfg.adapter
+    if cfg.model.attn_implementation == "flex_attention" and not torch.cuda.is_available():
+        raise UserError("attn_implementation: flex_attention trains on CUDA GPUs only (torch has no backward for "
+                        "flex attention on CPU); use sdpa here (it also keeps packed documents apart).")
     dtype = compute_dtype(precision)
     model = load_model(cfg.model, inputs.base, inputs.tokenizer, dtype=dtype if a.adapter else torch.float32,
                        quantization=bnb_config(a, dtype))
@@ -169,7 +179,7 @@ def tune_malloc() -> int | None:
     that adjustment off. Applied only on glibc, and not when the process has its own malloc
     settings (MALLOC_*_ environment variables or GLIBC_TUNABLES). Returns the threshold set."""
     wanted = os.environ.get(MALLOC_ENV, "").strip().lower()
-    if wanted in ("0", "off", "no", "false", "glibc"):
+    if wanted in ("0", "off", "no", "false", "glibc", "trim"):
         return None
     user = [k for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_") if k in os.environ]
     if user or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or not _glibc():
@@ -181,6 +191,16 @@ def tune_malloc() -> int | None:
     except (OSError, AttributeError):
         return None
     return threshold if ok else None
+
+
+def trim_after_forward(module: Any) -> None:
+    """TUNER_MALLOC=trim (measured in bench/memory_levers.py, not a default): glibc's own
+    thresholds, and after every forward of the module `malloc_trim(0)` hands the free pages
+    inside the heap back to the system before backward starts."""
+    if not _glibc():
+        return
+    libc = ctypes.CDLL(None)
+    module.register_forward_hook(lambda mod, args, output: libc.malloc_trim(0))
 
 
 def _glibc() -> bool:

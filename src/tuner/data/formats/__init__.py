@@ -13,6 +13,7 @@ from tuner.data.formats import (  # noqa: F401 - each module registers its forma
     completion,
     input_output,
     instruct,
+    preference,
     pretokenized,
     pygmalion,
     user_defined,

@@ -76,6 +76,7 @@ class DatasetFormat(ABC):
 
     name: str = ""
     chat: bool = False
+    rows = "sequence"  # what a prepared row holds: "sequence" (SFT), "pair" or "unpaired" (preference)
 
     @abstractmethod
     def field_names(self, ds: DatasetConfig | None) -> tuple[str, ...]:
