@@ -69,6 +69,8 @@ def lora_config(a: AdapterBlock, tied: bool) -> Any:
     targets: Any = a.lora_target_modules
     if a.lora_target_linear:
         targets = "all-linear" if not a.lora_target_modules else a.lora_target_modules  # peft's: all but the head
+    if targets is None and a.lora_target_parameters:
+        targets = []  # parameters only: no module, not peft's per-architecture default modules
     extra_training = bool(a.lora_modules_to_save or a.peft_trainable_token_indices)
     return LoraConfig(
         r=a.lora_r,
@@ -77,6 +79,7 @@ def lora_config(a: AdapterBlock, tied: bool) -> Any:
         target_modules=targets,
         modules_to_save=a.lora_modules_to_save,
         trainable_token_indices=a.peft_trainable_token_indices,
+        target_parameters=a.lora_target_parameters,
         use_dora=a.peft_use_dora,
         use_rslora=a.peft_use_rslora,
         ensure_weight_tying=tied and extra_training,
@@ -161,6 +164,13 @@ def _peft_model(model: Any, a: AdapterBlock, gradient_checkpointing: bool, check
     try:
         return get_peft_model(model, config)
     except ValueError as err:
+        if a.lora_target_parameters and "target_parameters" in str(err):
+            shaped = sorted({re.sub(r"\.\d+\.", ".N.", n) for n, p in model.named_parameters() if p.dim() == 3})
+            raise UserError(
+                f"lora_target_parameters: {a.lora_target_parameters} match no parameter of this model (names are "
+                f"matched whole or as a suffix after a dot). Its 3-D parameters (MoE experts): "
+                f"{', '.join(shaped[:8]) or 'none'}"
+            ) from None
         present = ", ".join(sorted(_linear_names(model)))
         raise UserError(
             f"lora_target_modules: {a.lora_target_modules!r} matches no module of this model "

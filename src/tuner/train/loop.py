@@ -70,6 +70,8 @@ def fit(run: Run, out: RunLog) -> list[float]:
 
             if run.eval_batches is not None and run.cadence.eval_due(done):
                 run_eval(run, out, done)
+                if patience_ran_out(run, out):
+                    return losses  # early stopping: a normal end (finish saves this step's model)
             stopping = stop_requested(acc, stop.signum)
             if done < plan.total_steps and (stopping or run.cadence.save_due(done)):
                 saved = checkpoint(run, out)
@@ -135,9 +137,25 @@ def run_eval(run: Run, out: RunLog, step: int) -> None:
     started = time.perf_counter()
     totals = evaluate(run.module, run.eval_batches, run.cfg.training.micro_batch_size, run.accelerator, run.objective)
     values = {f"eval_{k}": v for k, v in run.objective.report(totals.sums, totals.counts, evaluation=True).items()}
-    run.state.best_eval_loss = min(values["eval_loss"], run.state.best_eval_loss or math.inf)
+    state, loss = run.state, values["eval_loss"]
+    improved = state.best_eval_loss is None or loss < state.best_eval_loss  # as HF's EarlyStoppingCallback
+    state.evals_without_improvement = 0 if improved else state.evals_without_improvement + 1
+    state.best_eval_loss = loss if improved else state.best_eval_loss
     out.write({"step": step, **values, "eval_seconds": time.perf_counter() - started})
     out.progress.note(eval_loss=values["eval_loss"])
+
+
+def patience_ran_out(run: Run, out: RunLog) -> bool:
+    """`early_stopping_patience`: eval_loss has not beaten its best for that many evaluations in a row."""
+    patience, state = run.cfg.training.early_stopping_patience, run.state
+    if not patience or state.evals_without_improvement < patience:
+        return False
+    log.info("early stopping: eval_loss has not improved on its best (%.4f) for %d evaluations "
+             "(early_stopping_patience: %d); ending after step %d of %d", state.best_eval_loss,
+             state.evals_without_improvement, patience, state.step, run.plan.total_steps)
+    out.write({"event": "early_stop", "step": state.step, "best_eval_loss": state.best_eval_loss,
+               "evals_without_improvement": state.evals_without_improvement})
+    return True
 
 
 def checkpoint(run: Run, out: RunLog) -> Path:
@@ -179,7 +197,7 @@ def finish(run: Run, out: RunLog, losses: list[float]) -> TrainResult:
     out.progress.close()
     acc.wait_for_everyone()
     trained = acc.unwrap_model(run.module, keep_fp32_wrapper=False).model  # plain forward, no autocast
-    result = TrainResult(run.out_dir, trained, run.plan.total_steps, run.state.trained_tokens,
+    result = TrainResult(run.out_dir, trained, run.state.step, run.state.trained_tokens,
                          losses[-1] if losses else math.nan, losses)
     if not run.hooks.save:
         return result
@@ -188,7 +206,7 @@ def finish(run: Run, out: RunLog, losses: list[float]) -> TrainResult:
             "base_model": cfg.model.base_model,
             "base_model_path": str(run.inputs.base.path),
             "data_fingerprint": run.data.fingerprint,
-            "steps": run.plan.total_steps,
+            "steps": run.state.step,
             "world_size": acc.num_processes,
             "trained_tokens": run.state.trained_tokens,
             "final_loss": losses[-1] if losses else None,
