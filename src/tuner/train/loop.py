@@ -208,7 +208,7 @@ def finish(run: Run, out: RunLog, losses: list[float]) -> TrainResult:
             "data_fingerprint": run.data.fingerprint,
             "steps": run.state.step,
             "world_size": acc.num_processes,
-            "trained_tokens": run.state.trained_tokens,
+            run.objective.count_names[0]: run.state.trained_tokens,  # trained_tokens for SFT, pairs for DPO
             "final_loss": losses[-1] if losses else None,
             "best_eval_loss": run.state.best_eval_loss,
         }

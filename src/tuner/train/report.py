@@ -62,6 +62,8 @@ def summarize(records: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
         "steps": steps[-1]["step"] if steps else 0,
         "total_steps": start.get("total_steps") if start else None,
         "trained_tokens": steps[-1].get("trained_tokens", 0) if steps else 0,
+        **({"pairs": steps[-1]["pairs"]} if steps and "pairs" in steps[-1] else {}),
+        **({"examples": steps[-1]["examples"]} if steps and "examples" in steps[-1] else {}),
         "wall_time_seconds": round(times[-1] - (start["time"] if start else times[0]), 1) if times else 0.0,
         "final_train_loss": steps[-1]["loss"] if steps else None,
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
@@ -89,8 +91,10 @@ def describe(summary: dict[str, Any]) -> str:
             timing += f", {summary['evaluations']} evaluation(s) {summary['eval_seconds']:.1f}s"
         if summary.get("checkpoint_saves"):
             timing += f", {summary['checkpoint_saves']} checkpoint save(s) {summary['save_seconds']:.1f}s"
+    counted = next((f"{name} {summary[name]:,}" for name in ("pairs", "examples") if name in summary),
+                   f"trained tokens {summary['trained_tokens']:,}")
     return (
-        f"steps {summary['steps']}{total}, trained tokens {summary['trained_tokens']:,}, "
+        f"steps {summary['steps']}{total}, {counted}, "
         f"wall time {summary['wall_time_seconds']:.0f}s, final loss {fmt(summary['final_train_loss'])}, "
         f"final eval loss {fmt(summary['final_eval_loss'])}, best eval loss {fmt(summary['best_eval_loss'])}"
         f"{timing}; {state}"
@@ -106,7 +110,8 @@ def draw(records: list[dict[str, Any]], path: Path, title: str) -> None:
 
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
-    fig, axes = plt.subplots(4, 1, figsize=(8, 9), sharex=True)
+    rewards = any("rewards/margins" in r for r in steps)  # preference training: its own panel
+    fig, axes = plt.subplots(5 if rewards else 4, 1, figsize=(8, 11 if rewards else 9), sharex=True)
     axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], label="train loss")
     if evals:
         axes[0].plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
@@ -115,13 +120,17 @@ def draw(records: list[dict[str, Any]], path: Path, title: str) -> None:
     axes[1].plot([r["step"] for r in steps], [r.get("learning_rate", 0) for r in steps], color="tab:green")
     axes[1].set_ylabel("learning rate")
     axes[2].plot([r["step"] for r in steps], [r.get("tokens_per_second", 0) for r in steps], color="tab:red", label="tokens/s")
-    axes[2].plot([r["step"] for r in steps], [r.get("trained_tokens_per_second", 0) for r in steps],
-                 color="tab:orange", label="trained tokens/s")
+    counted = next((k for k in ("trained_tokens_per_second", "pairs_per_second", "examples_per_second")
+                    if any(k in r for r in steps)), "trained_tokens_per_second")
+    axes[2].plot([r["step"] for r in steps], [r.get(counted, 0) for r in steps],
+                 color="tab:orange", label=counted.replace("_per_second", "/s").replace("_", " "))
     axes[2].set_ylabel("tokens / s\n(training time)")
     axes[2].legend(fontsize="small")
     draw_durations(axes[3], records)
-    axes[3].set_xlabel("step")
-    axes[3].xaxis.set_major_locator(MaxNLocator(integer=True))
+    if rewards:
+        draw_rewards(axes[4], steps, evals)
+    axes[-1].set_xlabel("step")
+    axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in axes:
         ax.grid(alpha=0.3)
     fig.suptitle(title)
@@ -130,6 +139,18 @@ def draw(records: list[dict[str, Any]], path: Path, title: str) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
+
+
+def draw_rewards(ax: Any, steps: list[dict[str, Any]], evals: list[dict[str, Any]]) -> None:
+    """Preference training: the reward margin (chosen - rejected) and the share of pairs whose
+    chosen reward is the higher, for training steps and evaluations."""
+    for records, prefix, style in ((steps, "", "-"), (evals, "eval_", "o-")):
+        for key, colour in (("rewards/margins", "tab:blue"), ("rewards/accuracies", "tab:purple")):
+            points = [(r["step"], r[prefix + key]) for r in records if prefix + key in r]
+            if points:
+                ax.plot(*zip(*points), style, color=colour, label=f"{'eval ' if prefix else ''}{key.split('/')[1]}")
+    ax.set_ylabel("rewards")
+    ax.legend(fontsize="small")
 
 
 def draw_durations(ax: Any, records: list[dict[str, Any]]) -> None:
