@@ -102,7 +102,7 @@ def test_literal_error_lists_allowed_values_and_did_you_mean():
         ("micro_batch_size: 2.5", "micro_batch_size (line 7): 2.5 is not valid: expected a whole number."),
         ("micro_batch_size: 0", "micro_batch_size (line 7): 0 is not valid: must be > 0."),
         ("bf16: maybe", "bf16 (line 7): 'maybe' is not valid: expected true or false; or expected one of auto."),
-        ("excess_length_strategy: cut", "excess_length_strategy (line 7): 'cut' is not valid: expected one of drop, truncate, raise."),
+        ("excess_length_strategy: cut", "excess_length_strategy (line 7): 'cut' is not valid: expected one of drop, truncate, raise, split."),
         ("warmup_ratio: 1.5", "warmup_ratio (line 7): 1.5 is not valid: must be < 1.0."),
         ("sequence_len: .nan", "sequence_len (line 7): nan is not a finite number"),
     ],

@@ -163,6 +163,10 @@ class DatasetConfig(Block):
     field: str | None = Field(
         default=None, description="`completion` only: the text column (default `text`)."
     )
+    overlap_len: NonNegInt | None = Field(
+        default=None, description="`completion` with excess_length_strategy: split: tokens each piece repeats from the "
+        "end of the piece before, as context (not trained again). Axolotl's completion key; default 0."
+    )
     # chat_template only
     field_messages: str = Field(default="messages", description="chat_template: the column holding the messages.")
     message_property_mappings: dict[str, str] | None = Field(
@@ -407,8 +411,10 @@ class DataBlock(Block):
     sequence_len: Annotated[int, Field(ge=2)] = Field(
         default=512, description="Maximum tokens per row."
     )
-    excess_length_strategy: Literal["drop", "truncate", "raise"] = Field(
-        default="drop", description="What to do with rows longer than `sequence_len`."
+    excess_length_strategy: Literal["drop", "truncate", "raise", "split"] = Field(
+        default="drop", description="What to do with rows longer than `sequence_len`: drop them, truncate them, raise, "
+        "or split them (type completion only: pieces of sequence_len tokens, each a document of its own; a dataset's "
+        "overlap_len repeats that many tokens of the piece before as untrained context)."
     )
     min_sample_len: PositiveInt | None = Field(
         default=None, description="Drop (and count) rows of fewer tokens than this, before any truncation (Axolotl's)."
@@ -873,6 +879,7 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
         *_eval_problems(cfg),
         *_chat_template_problems(cfg.data),
         *_dataset_problems(cfg.data),
+        *_split_problems(cfg),
         *_preference_problems(cfg),
     ]
 
@@ -1036,6 +1043,30 @@ def _dataset_problems(d: DataBlock) -> list[Problem]:
             problems += ds.problems((key, i))
             if isinstance(ds.type, UserDefinedFormat):
                 problems += _format_problems(ds.type, (key, i, "type"))
+    return problems
+
+
+def _split_problems(cfg: TunerConfig) -> list[Problem]:
+    """excess_length_strategy: split and overlap_len: completion text only, overlap below sequence_len."""
+    d, problems = cfg.data, []
+    for key, entries in (("datasets", d.datasets), ("test_datasets", d.test_datasets or [])):
+        for i, ds in enumerate(entries):
+            if ds.overlap_len is None:
+                pass
+            elif ds.kind != "completion":
+                problems.append(Problem((key, i, "overlap_len"), f"overlap_len applies to type completion only, not "
+                                                                 f"{ds.kind}."))
+            elif d.excess_length_strategy != "split":
+                problems.append(Problem((key, i, "overlap_len"), f"overlap_len is the overlap of split pieces, but "
+                                        f"excess_length_strategy is {d.excess_length_strategy}; set "
+                                        "`excess_length_strategy: split` or remove overlap_len."))
+            elif ds.overlap_len >= d.sequence_len:
+                problems.append(Problem((key, i, "overlap_len"), f"overlap_len {ds.overlap_len} must be less than "
+                                        f"sequence_len {d.sequence_len} (each piece must bring new tokens)."))
+            if d.excess_length_strategy == "split" and ds.kind != "completion":
+                problems.append(Problem(("excess_length_strategy",), f"split cuts the text of type completion rows; "
+                                        f"{key}[{i}] is type {ds.kind}, whose rows it would cut apart (a prompt from its "
+                                        "answer). Use drop or truncate, or give that data as type completion."))
     return problems
 
 

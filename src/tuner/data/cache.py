@@ -42,7 +42,7 @@ def token_keys(cfg: TunerConfig, key: str = "datasets") -> dict[str, Any]:
     """The config keys whose values change the prepared tokens of `datasets` (or `test_datasets`)."""
     d, m, p = cfg.data, cfg.model, cfg.preference
     return {
-        key: [ds.model_dump(mode="json") for ds in getattr(d, key) or []],
+        key: [_dataset_keys(ds) for ds in getattr(d, key) or []],
         "sequence_len": d.sequence_len,
         "excess_length_strategy": d.excess_length_strategy,
         "train_on_inputs": d.train_on_inputs,
@@ -58,6 +58,16 @@ def token_keys(cfg: TunerConfig, key: str = "datasets") -> dict[str, Any]:
         **{k: v for k, v in (("min_sample_len", d.min_sample_len), ("tokenizer_legacy", m.tokenizer_legacy),
                              ("dataset_exact_deduplication", d.dataset_exact_deduplication or None)) if v is not None},
     }
+
+
+# Dataset keys added after data was first prepared: in the fingerprint only when set, so that data
+# prepared before them is still reused.
+LATER_DATASET_KEYS = ("overlap_len", "weight")
+
+
+def _dataset_keys(ds: Any) -> dict[str, Any]:
+    values = ds.model_dump(mode="json")
+    return {k: v for k, v in values.items() if not (k in LATER_DATASET_KEYS and v is None)}
 
 
 def fingerprint(

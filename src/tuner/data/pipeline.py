@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +22,7 @@ from tuner.data.formats import EncodeContext, FieldError, get_format
 from tuner.data.formats.preference import pair_row, unpaired_row
 from tuner.data.labels import trained_count
 from tuner.data.load import ROW, RawSource, load_hub, load_source, local_sources
-from tuner.data.tokenize import KEPT, NOTHING_TO_TRAIN, TOO_LONG, TOO_SHORT, TokenizeSettings, finish_row
+from tuner.data.tokenize import KEPT, NOTHING_TO_TRAIN, TOO_LONG, TOO_SHORT, TokenizeSettings, finish_row, split_row
 from tuner.errors import UserError
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tuner")
 
 INVALID = 3  # a row status beside tokenize's KEPT / TOO_LONG / NOTHING_TO_TRAIN
+PIECE = "_piece"  # excess_length_strategy: split: a prepared row's piece number in its document (0: first or whole)
 SHOWN_ROWS = 5  # how many dropped rows a summary names
 
 
@@ -70,6 +71,7 @@ def describe(stats: dict[str, Any]) -> list[str]:
                 dropped.append(f"{src[key]} {what}{at}")
         extra = f", dropped {'; '.join(dropped)}" if dropped else ""
         trunc = f", {src['truncated']} truncated" if src.get("truncated") else ""
+        trunc += f", {src['split']} longer than sequence_len split into {src['pieces']} pieces" if src.get("split") else ""
         lines.append(f"  {src['where']}: {src['read']} rows read, {src['kept']} kept{extra}{trunc}")
         lines.extend(f"    invalid {e}" for e in src.get("invalid_examples", []))
     duplicates = f" ({stats['duplicates']} exact duplicates dropped)" if "duplicates" in stats else ""
@@ -150,7 +152,7 @@ def _tokenize_batch(batch: dict[str, list[Any]], *, ds: DatasetConfig, src: RawS
     rows = [dict(zip(names, values)) for values in zip(*(batch[n] for n in names))]
     kind = ROW_KINDS[get_format(ds).rows]
     columns = (*kind.columns, "status", "truncated")
-    out: dict[str, list[Any]] = {k: [] for k in (*columns, "problem", ROW)}
+    out: dict[str, list[Any]] = {k: [] for k in (*columns, "problem", ROW, PIECE)}
     for result, index in zip(_encode_rows(rows, ds, enc), batch[ROW]):
         problem = ""
         if isinstance(result, FieldError):
@@ -166,10 +168,17 @@ def _tokenize_batch(batch: dict[str, list[Any]], *, ds: DatasetConfig, src: RawS
                 f"{src.where(index)}: is {kind.tokens(result)} tokens long, more than sequence_len "
                 f"{enc.settings.sequence_len} (excess_length_strategy: raise; use drop or truncate to go on)"
             )
-        for key in columns:
-            out[key].append(result[key])
-        out["problem"].append(problem)
-        out[ROW].append(index)
+        pieces = [result]
+        if problem == "" and result["status"] == TOO_LONG and enc.settings.excess_length_strategy == "split":
+            pieces = [finish_row(ids, labels, replace(enc.settings, min_sample_len=None))
+                      for ids, labels in split_row(result["input_ids"], result["labels"], enc.settings.sequence_len,
+                                                   ds.overlap_len or 0)]
+        for number, piece in enumerate(pieces):
+            for key in columns:
+                out[key].append(piece[key])
+            out["problem"].append(problem)
+            out[ROW].append(index)
+            out[PIECE].append(number)
     return out
 
 
@@ -184,6 +193,7 @@ def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encod
             "truncated": Value("bool"),
             "problem": Value("string"),
             ROW: Value("int64"),
+            PIECE: Value("int32"),
         }
     )
     mapped = raw.map(
@@ -199,7 +209,8 @@ def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encod
     )
     status = np.asarray(mapped["status"])
     row_numbers = np.asarray(mapped[ROW])
-    kept = mapped.select(np.flatnonzero(status == KEPT)).remove_columns(["status", "truncated", "problem", ROW])
+    kept = mapped.select(np.flatnonzero(status == KEPT)).remove_columns(["status", "truncated", "problem", ROW, PIECE])
+    piece = np.asarray(mapped[PIECE])
     invalid_idx = np.flatnonzero(status == INVALID)
     problems = mapped.select(invalid_idx[:SHOWN_ROWS])["problem"] if len(invalid_idx) else []
     invalid = src.invalid + [(int(row_numbers[i]), p) for i, p in zip(invalid_idx[:SHOWN_ROWS], problems)]
@@ -218,6 +229,9 @@ def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encod
         },
         "truncated": int(np.asarray(mapped["truncated"]).sum()),
     }
+    if enc.settings.excess_length_strategy == "split":
+        stats["split"] = int((piece == 1).sum())  # rows cut into pieces
+        stats["pieces"] = int(np.isin(row_numbers, row_numbers[piece == 1]).sum())  # the pieces of those rows
     return kept, stats
 
 

@@ -9,7 +9,7 @@ Rules, the same for every segment format:
   * EOS is appended (unless the text already ends with it) and trained whenever the last
     segment is (input_output rows are taken as written: no special tokens, no EOS);
   * rows longer than `sequence_len` follow `excess_length_strategy` (drop | truncate |
-    raise); rows shorter than `min_sample_len` tokens (Axolotl's filter, before any
+    raise | split, see `split_row`); rows shorter than `min_sample_len` tokens (Axolotl's filter, before any
     truncation) and rows with no trained token left are dropped; all are counted.
 Labels are built here, once. The training loop never re-derives a mask.
 """
@@ -25,13 +25,13 @@ KEPT, TOO_LONG, NOTHING_TO_TRAIN = 0, 1, 2
 TOO_SHORT = 4  # (3 is the pipeline's INVALID)
 
 __all__ = ["IGNORE", "KEPT", "NOTHING_TO_TRAIN", "TOO_LONG", "TOO_SHORT", "Segment", "TokenizeSettings", "encode_prefixed",
-           "encode_segments", "finish_row", "tokenize_rows"]
+           "encode_segments", "finish_row", "split_row", "tokenize_rows"]
 
 
 @dataclass(frozen=True)
 class TokenizeSettings:
     sequence_len: int
-    excess_length_strategy: str  # drop | truncate | raise
+    excess_length_strategy: str  # drop | truncate | raise | split
     train_on_inputs: bool
     min_sample_len: int | None = None  # rows with fewer tokens are dropped (TOO_SHORT)
 
@@ -120,3 +120,31 @@ def finish_row(ids: list[int], labels: list[int], settings: TokenizeSettings) ->
     if status == KEPT and trained_count(labels) == 0:
         status = NOTHING_TO_TRAIN
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels, "status": status, "truncated": truncated}
+
+
+def split_row(ids: list[int], labels: list[int], sequence_len: int, overlap: int = 0) -> list[tuple[list[int], list[int]]]:
+    """`excess_length_strategy: split`: one long document as pieces of at most `sequence_len` tokens.
+
+    Piece k starts `k * (sequence_len - overlap)` tokens in; the last piece ends at the
+    document's end (no piece lies wholly inside the one before). The first `overlap` tokens of
+    every piece after the first repeat the end of the piece before: they are context for the
+    piece's new tokens and get label IGNORE, so every token of the document is trained once
+    (Axolotl's completion type trains the overlap twice). The BOS stays with the first piece
+    and the EOS with the last. Each piece is a document of its own: unpacked, its first token
+    is a row's first (never trained); packed, pack.packed_batch gives every document's first
+    token IGNORE, so no piece is trained as the continuation of the document before it.
+    """
+    step = sequence_len - overlap
+    if step < 1:
+        raise ValueError(f"overlap {overlap} must be less than sequence_len {sequence_len}")
+    pieces = []
+    start = 0
+    while True:
+        end = min(start + sequence_len, len(ids))
+        piece_labels = labels[start:end]
+        if start:
+            piece_labels = [IGNORE] * overlap + piece_labels[overlap:]
+        pieces.append((ids[start:end], piece_labels))
+        if end == len(ids):
+            return pieces
+        start += step
