@@ -280,7 +280,7 @@ def test_axolotl_instruction_type_through_the_pipeline_and_generate(tmp_path, sm
 
 
 @pytest.mark.parametrize("entry, key, words", [
-    ({"type": "bradley_terry.chat_template"}, "type", "reward-model training (Bradley-Terry pairs): not supported yet"),
+    ({"type": "bradley_terry.chat_template"}, "type", "is a reward-model dataset type: it needs `reward_model: true`"),
     ({"type": "chat_template.default"}, "type", "is a preference dataset type: it needs `rl:`"),
     ({"type": "stepwise_supervised"}, "type", "process-reward-model training"),
     ({"type": "sharegpt", "conversation": "alpaca_v9"}, "conversation", "expected one of chatml, llama-2"),

@@ -14,7 +14,7 @@ Four kinds of names:
   * legacy spellings that tuner reads as a modern type (`sharegpt` -> chat_template with
     ShareGPT's field names), each with a notice that names what to write instead
     (`rewrite_legacy`);
-  * Axolotl types for objectives tuner does not train yet (preference, reward, pretraining),
+  * Axolotl types for objectives tuner does not train yet (process rewards, pretraining, ...),
     refused with the capability named (`UNSUPPORTED_PREFIXES`).
 """
 
@@ -42,11 +42,15 @@ AXOLOTL_TYPES = (
     "metharme", "orcamini", "pygmalion",
 )
 
+# Sequence classification (a *ForSequenceClassification head): a text and its label per row.
+CLASSIFICATION_TYPES = ("classification",)
+
 DATASET_TYPES: tuple[str, ...] = (
     MAIN_TYPES
     + tuple(f"{name}:{style}" for name in STYLED_TYPES for style in PROMPT_STYLES)
     + tuple(name for name in STYLED_TYPES if name not in MAIN_TYPES)
     + AXOLOTL_TYPES
+    + CLASSIFICATION_TYPES
 )
 # Every format kind (`DatasetConfig.kind`): the names above, plus a mapping given as `type`
 # and rows of token ids (`type` left out).
@@ -65,6 +69,9 @@ KTO_TYPES: tuple[str, ...] = (
     + tuple(f"{family}.{variant}" for family in ("chatml", "llama3") for variant in KTO_VARIANTS)
 )
 KINDS += PREFERENCE_TYPES + tuple(f"kto:{name}" for name in KTO_TYPES) + ("user_defined_pairs", "user_defined_unpaired")
+# Reward models (`reward_model: true`) read the pair types above and Axolotl's Bradley-Terry type.
+REWARD_TYPES: tuple[str, ...] = ("bradley_terry.chat_template",)
+KINDS += REWARD_TYPES
 
 
 def preference_kind(name: str | None, rl: str) -> str:
@@ -83,9 +90,14 @@ def is_preference_type(name: Any) -> bool:
     """A `type` name only preference training reads (so, without `rl:`, a missing `rl:`)."""
     return isinstance(name, str) and (name in PREFERENCE_TYPES or name in KTO_TYPES) and name not in DATASET_TYPES
 
+
+def is_reward_type(name: Any) -> bool:
+    """A `type` name only reward-model training reads (so, without `reward_model: true`, a missing key)."""
+    return isinstance(name, str) and name in REWARD_TYPES
+
 # Axolotl types of objectives tuner does not train yet: prefix -> the capability.
 UNSUPPORTED_PREFIXES = {
-    "bradley_terry": "reward-model training (Bradley-Terry pairs)",
+    "bradley_terry": "Axolotl's other Bradley-Terry strategies (tuner reads bradley_terry.chat_template)",
     "stepwise_supervised": "process-reward-model training (stepwise labels)",
     "pretrain": "streaming pretraining datasets (pretraining_dataset)",
     "ebft": "Axolotl's EBFT trainer",

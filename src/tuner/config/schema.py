@@ -167,6 +167,10 @@ class DatasetConfig(Block):
         default=None, description="`completion` with excess_length_strategy: split: tokens each piece repeats from the "
         "end of the piece before, as context (not trained again). Axolotl's completion key; default 0."
     )
+    weight: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="The share of this dataset's rows to train on (0 < weight <= 1): a seeded random "
+        "subset of that many rows, as Axolotl's `weight`; counted. Proportions of a mixture: mix_strategy."
+    )
     # chat_template only
     field_messages: str = Field(default="messages", description="chat_template: the column holding the messages.")
     message_property_mappings: dict[str, str] | None = Field(
@@ -219,8 +223,11 @@ class DatasetConfig(Block):
     field_rejected: str = Field(default="rejected", description="rl: the column with the rejected completion.")
     field_completion: str = Field(default="completion", description="rl: kto: the column with the completion.")
     field_label: str = Field(
-        default="label", description="rl: kto: the column saying whether the completion is desirable (true/false).")
-    _rl: str | None = PrivateAttr(default=None)  # the config's `rl:` (TunerConfig sets it): how `type` reads
+        default="label", description="rl: kto: the column saying whether the completion is desirable (true/false); "
+        "type classification: the column with the label (a class name, an integer id, or a number for regression).")
+    field_text: str = Field(default="text", description="type classification: the column with the text to classify.")
+    # the config's `rl:`, or "reward" with reward_model: true (TunerConfig sets it): how `type` reads
+    _rl: str | None = PrivateAttr(default=None)
     # Legacy keys: rewritten before validation; set here only when they cannot be (refused, naming why).
     conversation: Literal[tuple(dataset_types.CONVERSATIONS)] | None = Field(  # type: ignore[valid-type]
         default=None, exclude=True, description="Legacy (ShareGPT types): the conversation template; write chat_template instead."
@@ -250,8 +257,15 @@ class DatasetConfig(Block):
         """Rules within one dataset entry; `path` is where it sits (("datasets", 0))."""
         out = []
         if (self._rl is not None or dataset_types.is_preference_type(self.type)
-                or isinstance(self.type, UserDefinedPreferenceFormat)):
+                or dataset_types.is_reward_type(self.type) or isinstance(self.type, UserDefinedPreferenceFormat)):
             return self._preference_problems(path) + self._template_problems(path)
+        if self.kind == "classification":
+            unused = sorted((set(PREFERENCE_DATASET_KEYS) - {"field_label"} | set(CHAT_KEYS) | {"field"})
+                            & self.model_fields_set)
+            return [Problem(path + (k,), f"{k} does not apply to type classification (it reads field_text and "
+                                         "field_label).") for k in unused]
+        if "field_text" in self.model_fields_set:
+            out.append(Problem(path + ("field_text",), f"field_text applies to type classification only, not {self.kind}."))
         for key in sorted(set(PREFERENCE_DATASET_KEYS) & self.model_fields_set):
             out.append(Problem(path + (key,), f"{key} is a preference-training key: it needs `rl:` (dpo, ipo, simpo, "
                                               "orpo, kto) and a preference dataset type."))
@@ -295,29 +309,38 @@ class DatasetConfig(Block):
         """A dataset entry under `rl:` (or one with a preference type and no `rl:`)."""
         name = self.type if isinstance(self.type, str) else None
         if self._rl is None:
+            if dataset_types.is_reward_type(name):
+                return [Problem(path + ("type",), f"{name!r} is a reward-model dataset type: it needs "
+                                                  "`reward_model: true`.")]
             return [Problem(path + ("type",), f"{name!r} is a preference dataset type: it needs `rl:` (dpo, ipo, simpo, "
-                                              "orpo, or kto for its unpaired form).")]
+                                              "orpo, or kto for its unpaired form), or `reward_model: true` to train a "
+                                              "reward model on its pairs.")]
         kind = self.kind
+        reward = self._rl == "reward"
         allowed = ({f"kto:{n}" for n in dataset_types.KTO_TYPES} | {"user_defined_unpaired"} if self._rl == "kto"
-                   else set(dataset_types.PREFERENCE_TYPES) | {"user_defined_pairs"})
+                   else set(dataset_types.PREFERENCE_TYPES) | {"user_defined_pairs"}
+                   | (set(dataset_types.REWARD_TYPES) if reward else set()))
+        under = "reward_model: true" if reward else f"rl: {self._rl}"
         if kind not in allowed:
             known = dataset_types.KTO_TYPES if self._rl == "kto" else dataset_types.PREFERENCE_TYPES
+            known = dataset_types.REWARD_TYPES + known if reward else known
             what = "type left out (pre-tokenized rows)" if self.type is None else repr(name)
             capability = dataset_types.unsupported(name) if name else None
             reason = f"an Axolotl type for {capability}: not supported yet" if capability else \
                 "not a preference type tuner reads"
-            return [Problem(path + ("type",), f"{what} under rl: {self._rl} is {reason}; types: {', '.join(known)}, "
+            return [Problem(path + ("type",), f"{what} under {under} is {reason}; types: {', '.join(known)}, "
                                               "or a mapping (user-defined)." + (did_you_mean(name, known) if name else ""))]
         if isinstance(self.type, UserDefinedFormat):
             return [Problem(path + ("type",), "under rl: a user-defined type reads field_prompt / field_chosen / "
                                               "field_rejected (KTO: field_completion / field_label) and prompt_format, "
                                               "not format / field_instruction.")]
-        chat = kind.endswith("chat_template.default")
+        chat = kind.endswith("chat_template.default") or kind in dataset_types.REWARD_TYPES
         unused = sorted((set(CHAT_KEYS) - ({"field_messages", "message_property_mappings", "roles", "chat_template",
                                              "chat_template_jinja"} if chat else set())) & self.model_fields_set)
         unused += sorted({"field_completion", "field_label"} & self.model_fields_set if self._rl != "kto" else
                          {"field_chosen", "field_rejected"} & self.model_fields_set)
-        return [Problem(path + (k,), f"{k} does not apply to type {name or 'user-defined'} under rl: {self._rl}.")
+        unused += ["field_text"] if "field_text" in self.model_fields_set else []
+        return [Problem(path + (k,), f"{k} does not apply to type {name or 'user-defined'} under {under}.")
                 for k in unused]
 
 
@@ -342,7 +365,29 @@ class ModelBlock(Block):
     )
     model_type: str | None = Field(
         default=None,
-        description="transformers model class by name (e.g. LlamaForCausalLM); default AutoModelForCausalLM.",
+        description="transformers model class by name: a causal LM (e.g. LlamaForCausalLM) or a sequence classifier "
+        "(AutoModelForSequenceClassification, e.g. LlamaForSequenceClassification). Default: AutoModelForCausalLM; "
+        "AutoModelForSequenceClassification for reward_model and classification (or the class the checkpoint was "
+        "saved with, config.json's architectures).",
+    )
+    reward_model: bool = Field(
+        default=False,
+        description="Train a reward model (Bradley-Terry) on preference pairs: a sequence-classification head with "
+        "num_labels 1 (on a causal-LM checkpoint the score head is new: trained and saved), loss "
+        "-log sigmoid(r_chosen - r_rejected). Datasets: bradley_terry.chat_template or the rl: pair types.",
+    )
+    num_labels: PositiveInt | None = Field(
+        default=None,
+        description="Sequence classification: the number of classes (1: regression with MSE). Default: the size of "
+        "id2label / label2id, else the checkpoint's own head, else the labels in the training data. Reward models: 1.",
+    )
+    id2label: dict[NonNegInt, str] | None = Field(
+        default=None,
+        description="Sequence classification: class names by id, e.g. {0: negative, 1: positive} (saved in config.json; "
+        "default: the names in the training data, sorted, or LABEL_0... for integer labels).",
+    )
+    label2id: dict[str, NonNegInt] | None = Field(
+        default=None, description="Sequence classification: class ids by name (the inverse of id2label; give either)."
     )
     tokenizer_type: str | None = Field(
         default=None,
@@ -451,6 +496,19 @@ class DataBlock(Block):
     )
     pad_to_multiple_of: PositiveInt | None = Field(
         default=None, description="Round each batch's padded length up to a multiple of this."
+    )
+    shuffle_merged_datasets: bool = Field(
+        default=True, description="Shuffle the training rows each epoch (seed + epoch); false: train them in the "
+        "order of `datasets` (and of each file), packing bins in that order too."
+    )
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
+        default="concat", description="How `datasets` are merged (LLaMA-Factory's): concat (all rows of each), "
+        "interleave_under (rows drawn from the datasets in proportion to interleave_probs until one runs out) or "
+        "interleave_over (until every dataset has been used once; the smaller ones repeat)."
+    )
+    interleave_probs: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        default=None, description="With mix_strategy: interleave_*: the probability of each dataset (one per entry "
+        "of `datasets`, summing to 1; default: equal). LLaMA-Factory's \"0.7,0.3\" is read too."
     )
     dataset_exact_deduplication: bool | None = Field(
         default=None,
@@ -761,6 +819,11 @@ class PreferenceBlock(Block):
         "first, then completions (default: half of sequence_len).",
     )
     trl: TRLBlock | None = Field(default=None, description="Axolotl's `trl:` settings (beta).")
+    center_rewards_coefficient: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
+        description="reward_model: the weight of TRL's centering term, coefficient * mean((r_chosen + r_rejected)^2), "
+        "which pulls rewards towards mean zero.",
+    )
 
     @property
     def beta(self) -> float:
@@ -802,10 +865,28 @@ class TunerConfig(BaseModel):
 
     @model_validator(mode="after")
     def _datasets_read_as_rl(self) -> TunerConfig:
-        """Under `rl:` every dataset entry reads its `type` as a preference type (DatasetConfig.kind)."""
+        """Under `rl:` (or reward_model: true) every dataset entry reads its `type` as a preference type
+        (DatasetConfig.kind)."""
         for ds in [*self.data.datasets, *(self.data.test_datasets or [])]:
-            ds._rl = self.preference.rl
+            ds._rl = self.preference.rl or ("reward" if self.model.reward_model else None)
         return self
+
+    @property
+    def objective(self) -> str:
+        """What this config trains: "sft", an `rl:` method, "reward" (reward_model: true) or
+        "classification" (a sequence-classification model_type, num_labels / id2label / label2id, or
+        datasets of type classification). The head follows: a causal LM for SFT and rl:, a
+        sequence classifier for the other two."""
+        m = self.model
+        if m.reward_model:
+            return "reward"
+        if self.preference.rl:
+            return self.preference.rl
+        entries = [*self.data.datasets, *(self.data.test_datasets or [])]
+        if ((m.model_type is not None and is_sequence_classifier(m.model_type)) or m.num_labels is not None
+                or m.id2label or m.label2id or any(ds.type in dataset_types.CLASSIFICATION_TYPES for ds in entries)):
+            return "classification"
+        return "sft"
 
     def __eq__(self, other: object) -> bool:
         """Equal when the blocks are (notices name YAML lines, which a dump moves)."""
@@ -817,7 +898,8 @@ class TunerConfig(BaseModel):
         if name == "adapter" and self.adapter.adapter is None:
             values = {"adapter": None, "unfrozen_parameters": values["unfrozen_parameters"]}
         if name == "preference" and self.preference.rl is None:
-            values = {"rl": None}
+            center = self.preference.center_rewards_coefficient
+            values = {"rl": None, **({"center_rewards_coefficient": center} if center is not None else {})}
         if name == "data":
             for key in ("datasets", "test_datasets"):
                 for entry, ds in zip(values.get(key) or [], getattr(self.data, key) or []):
@@ -825,7 +907,10 @@ class TunerConfig(BaseModel):
                     for chat_key in CHAT_KEYS if not chat else ():
                         entry.pop(chat_key, None)
                     for pref_key in PREFERENCE_DATASET_KEYS if ds._rl is None else ():
-                        entry.pop(pref_key, None)
+                        if not (pref_key == "field_label" and ds.kind == "classification"):
+                            entry.pop(pref_key, None)
+                    if ds.kind != "classification":
+                        entry.pop("field_text", None)
         return values
 
     def to_flat(self) -> dict[str, Any]:
@@ -880,7 +965,9 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
         *_chat_template_problems(cfg.data),
         *_dataset_problems(cfg.data),
         *_split_problems(cfg),
+        *_mixture_problems(cfg.data),
         *_preference_problems(cfg),
+        *_head_problems(cfg),
     ]
 
 
@@ -1070,6 +1157,29 @@ def _split_problems(cfg: TunerConfig) -> list[Problem]:
     return problems
 
 
+def _mixture_problems(d: DataBlock) -> list[Problem]:
+    """weight (datasets only), mix_strategy and interleave_probs (one probability per dataset, summing to 1)."""
+    problems = []
+    for i, ds in enumerate(d.test_datasets or []):
+        if ds.weight is not None:
+            problems.append(Problem(("test_datasets", i, "weight"), "weight subsamples training data; evaluation "
+                                    "uses every row of test_datasets (remove weight here)."))
+    probs = d.interleave_probs
+    if probs is None:
+        return problems
+    if d.mix_strategy == "concat":
+        problems.append(Problem(("interleave_probs",), "interleave_probs are the proportions of an interleaved "
+                                "mixture, but mix_strategy is concat; set `mix_strategy: interleave_under` (or "
+                                "interleave_over) or remove interleave_probs."))
+    elif len(probs) != len(d.datasets):
+        problems.append(Problem(("interleave_probs",), f"{len(probs)} probabilities for {len(d.datasets)} datasets; "
+                                "give one per entry of `datasets`, in their order."))
+    elif abs(sum(probs) - 1) > 1e-6:
+        problems.append(Problem(("interleave_probs",), f"{', '.join(f'{p:g}' for p in probs)} sum to {sum(probs):g}; "
+                                "they are probabilities and must sum to 1."))
+    return problems
+
+
 def _format_problems(fmt: UserDefinedFormat, path: tuple[Any, ...]) -> list[Problem]:
     import string
 
@@ -1112,7 +1222,7 @@ METHOD_KEYS = {
 def _preference_problems(cfg: TunerConfig) -> list[Problem]:
     """`rl:` and its keys: each method's own keys only with that method, and what SFT-only keys mean."""
     p, d = cfg.preference, cfg.data
-    set_keys = {k for k in p.model_fields_set if getattr(p, k) not in (None, False)} - {"rl"}
+    set_keys = {k for k in p.model_fields_set if getattr(p, k) not in (None, False)} - {"rl", "center_rewards_coefficient"}
     if p.rl is None:
         return [Problem((k,), f"{k} is set but rl is not: it belongs to preference training; add `rl:` (dpo, ipo, "
                               "simpo, orpo or kto) or remove it.") for k in sorted(set_keys)]
@@ -1141,4 +1251,93 @@ def _preference_problems(cfg: TunerConfig) -> list[Problem]:
         problems.append(Problem(("micro_batch_size",), "rl: kto needs micro_batch_size 2 or more: each example's KL "
                                                        "term pairs its prompt with another example's completion in the "
                                                        "same micro-batch (as TRL)."))
+    return problems
+
+
+# --------------------------------------------------------------------------- heads
+
+CAUSAL_LM_HEADS = "AutoModelForCausalLM or a *ForCausalLM class (e.g. LlamaForCausalLM)"
+CLASSIFIER_HEADS = "AutoModelForSequenceClassification or a *ForSequenceClassification class (e.g. LlamaForSequenceClassification)"
+
+
+def is_sequence_classifier(name: str) -> bool:
+    """A transformers class name for a sequence-classification head (backbone + a linear `score`)."""
+    return name == "AutoModelForSequenceClassification" or name.endswith("ForSequenceClassification")
+
+
+def is_causal_lm(name: str) -> bool:
+    return name == "AutoModelForCausalLM" or name.endswith("ForCausalLM")
+
+
+def _head_problems(cfg: TunerConfig) -> list[Problem]:
+    """reward_model / classification keys: the head fits the objective, the label keys agree, the
+    datasets are of the kind the objective reads."""
+    m, p, d = cfg.model, cfg.preference, cfg.data
+    objective = cfg.objective
+    problems: list[Problem] = []
+    if m.reward_model and p.rl:
+        problems.append(Problem(("reward_model",), f"reward_model: true trains a reward model on pairs and rl: {p.rl} "
+                                                   "trains a policy; set one of them."))
+    if p.center_rewards_coefficient is not None and not m.reward_model:
+        problems.append(Problem(("center_rewards_coefficient",), "center_rewards_coefficient applies to reward models; "
+                                                                 "set reward_model: true or remove it."))
+    if m.model_type is not None:
+        head_fits = is_sequence_classifier(m.model_type) if objective in ("reward", "classification") else \
+            is_causal_lm(m.model_type)
+        if not head_fits and (is_causal_lm(m.model_type) or is_sequence_classifier(m.model_type)):
+            what = {"reward": "reward_model: true", "classification": "sequence classification (num_labels / "
+                    "id2label / label2id or type classification datasets)"}.get(
+                objective, f"rl: {objective}" if p.rl else "supervised fine-tuning")
+            fits = CLASSIFIER_HEADS if objective in ("reward", "classification") else CAUSAL_LM_HEADS
+            problems.append(Problem(("model_type",), f"{m.model_type} is a "
+                                                     f"{'sequence-classification' if is_sequence_classifier(m.model_type) else 'causal-LM'} "
+                                                     f"head, which does not fit {what}. Heads that fit: {fits}."))
+    if objective not in ("reward", "classification"):
+        return problems
+    if m.reward_model:
+        for key in ("id2label", "label2id"):
+            if getattr(m, key):
+                problems.append(Problem((key,), f"{key} is for sequence classification; a reward model has one "
+                                                "output (its reward) and no classes."))
+        if m.num_labels is not None and m.num_labels != 1:
+            problems.append(Problem(("num_labels",), f"num_labels: {m.num_labels}: a reward model has one output "
+                                                     "(num_labels: 1); remove it or set 1."))
+    else:
+        problems += _label_map_problems(m)
+        for key in ("datasets", "test_datasets"):
+            for i, ds in enumerate(getattr(d, key) or []):
+                if ds.kind != "classification":
+                    problems.append(Problem((key, i, "type"), f"{ds.kind} rows cannot train a sequence classifier; "
+                                                              "use type: classification (field_text, field_label)."))
+    for key in ("sample_packing", "batch_flattening", "eval_sample_packing", "train_on_inputs"):
+        if getattr(d, key):
+            why = ("the sequences of a micro-batch already go through the model end to end, without padding"
+                   if key != "train_on_inputs" else "the head reads whole sequences; there are no token labels")
+            problems.append(Problem((key,), f"{key} is for supervised fine-tuning, not "
+                                            f"{'reward models' if m.reward_model else 'sequence classification'}: "
+                                            f"{why}; remove it."))
+    return problems
+
+
+def _label_map_problems(m: ModelBlock) -> list[Problem]:
+    problems = []
+    maps = {}
+    if m.id2label:
+        maps["id2label"] = dict(m.id2label)
+    if m.label2id:
+        maps["label2id"] = {i: name for name, i in m.label2id.items()}
+        if len(maps["label2id"]) != len(m.label2id):
+            problems.append(Problem(("label2id",), "label2id gives two names the same id."))
+    if "id2label" in maps and "label2id" in maps and maps["id2label"] != maps["label2id"]:
+        problems.append(Problem(("label2id",), f"label2id {m.label2id} is not the inverse of id2label {m.id2label}; "
+                                               "give one of them."))
+    for key, by_id in maps.items():
+        if sorted(by_id) != list(range(len(by_id))):
+            problems.append(Problem((key,), f"{key}: the ids {sorted(by_id)} must be 0, 1, ..., {len(by_id) - 1}."))
+        elif m.num_labels is not None and m.num_labels != len(by_id) and m.num_labels != 1:
+            problems.append(Problem(("num_labels",), f"num_labels: {m.num_labels} but {key} names {len(by_id)} "
+                                                     "classes; remove num_labels or make them agree."))
+        if m.num_labels == 1:
+            problems.append(Problem((key,), f"{key} with num_labels: 1 (regression on a number): a regression has "
+                                            "no classes; remove one of them."))
     return problems

@@ -19,6 +19,7 @@ from tuner.config.schema import DatasetConfig, TunerConfig
 from tuner.data import cache, templates
 from tuner.data.dedup import drop_duplicates
 from tuner.data.formats import EncodeContext, FieldError, get_format
+from tuner.data.formats.classification import classified_row
 from tuner.data.formats.preference import pair_row, unpaired_row
 from tuner.data.labels import trained_count
 from tuner.data.load import ROW, RawSource, load_hub, load_source, local_sources
@@ -109,11 +110,11 @@ class RowKind:
         from datasets import Sequence, Value
 
         kinds = {"ids": Sequence(Value("int32")), "mask": Sequence(Value("int8")), "int": Value("int32"),
-                 "bool": Value("bool")}
+                 "bool": Value("bool"), "str": Value("string")}
         return {name: kinds[kind] for name, kind in self.columns.items()}
 
     def empty(self) -> dict[str, Any]:
-        return {name: [] if kind in ("ids", "mask") else (False if kind == "bool" else 0)
+        return {name: [] if kind in ("ids", "mask") else (False if kind == "bool" else "" if kind == "str" else 0)
                 for name, kind in self.columns.items()}
 
     def tokens(self, result: dict[str, Any]) -> int:
@@ -130,13 +131,19 @@ UNPAIRED = RowKind({"input_ids": "ids", "labels": "ids", "prompt_len": "int", "d
                    ("input_ids",), lambda example, enc: unpaired_row(example, enc.settings.sequence_len,
                                                                      enc.settings.excess_length_strategy,
                                                                      enc.max_prompt_len))
-ROW_KINDS = {"sequence": SEQUENCE, "pair": PAIR, "unpaired": UNPAIRED}
+CLASSIFIED = RowKind({"input_ids": "ids", "label": "str"}, (), ("input_ids",),
+                     lambda encoded, enc: classified_row(encoded, enc.settings.sequence_len,
+                                                         enc.settings.excess_length_strategy,
+                                                         enc.settings.min_sample_len))
+ROW_KINDS = {"sequence": SEQUENCE, "pair": PAIR, "unpaired": UNPAIRED, "classified": CLASSIFIED}
 
 
 def row_kind(cfg: TunerConfig) -> RowKind:
-    """The kind of row the config's objective trains on."""
-    rl = cfg.preference.rl
-    return SEQUENCE if rl is None else UNPAIRED if rl == "kto" else PAIR
+    """The kind of row the config's objective trains on (reward models: pairs)."""
+    objective = cfg.objective
+    if objective == "classification":
+        return CLASSIFIED
+    return SEQUENCE if objective == "sft" else UNPAIRED if objective == "kto" else PAIR
 
 
 def _encode_rows(rows: list[dict[str, Any]], ds: DatasetConfig, enc: Encoder) -> list[dict[str, Any] | FieldError]:
@@ -313,17 +320,21 @@ def _prepared(
         return cache.load(root, fp)[0], stats, fp, False  # memory-mapped from disk, like a reused dataset
 
 
+OBJECTIVE_NAMES = {"sft": "supervised fine-tuning", "reward": "reward_model: true", "classification": "classification"}
+
+
 def check_row_kinds(cfg: TunerConfig) -> None:
     """Every dataset's rows are the kind the objective trains on (pairs for rl: dpo, ...)."""
     want = row_kind(cfg)
     for key in ("datasets", "test_datasets"):
         for i, ds in enumerate(getattr(cfg.data, key) or []):
             if ROW_KINDS[get_format(ds).rows] is not want:
-                what = {"sequence": "an SFT type", "pair": "a preference-pair type", "unpaired": "a KTO type"}
+                what = {"sequence": "an SFT type", "pair": "a preference-pair type", "unpaired": "a KTO type",
+                    "classified": "a classification type"}
                 raise UserError(
                     f"{key}[{i}].type: {ds.kind} is {what[get_format(ds).rows]}, but "
-                    f"{'rl: ' + str(cfg.preference.rl) if cfg.preference.rl else 'supervised fine-tuning'} trains on "
-                    f"{ {SEQUENCE: 'SFT', PAIR: 'preference-pair', UNPAIRED: 'KTO'}[want] } rows"
+                    f"{OBJECTIVE_NAMES.get(cfg.objective, 'rl: ' + cfg.objective)} trains on "
+                    f"{ {SEQUENCE: 'SFT', PAIR: 'preference-pair', UNPAIRED: 'KTO', CLASSIFIED: 'classification'}[want] } rows"
                 )
 
 

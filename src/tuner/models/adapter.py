@@ -157,6 +157,9 @@ def _peft_model(model: Any, a: AdapterBlock, gradient_checkpointing: bool, check
             raise UserError(f"lora_model_dir: cannot load an adapter from {a.lora_model_dir}: {err}") from None
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
     config = lora_config(a, tied)
+    if classifier_head(model):  # reward models, classification: the new head trains in full and is saved
+        config.task_type = "SEQ_CLS"
+        config.modules_to_save = sorted({*(config.modules_to_save or []), "score"})
     if a.lora_target_linear and a.lora_target_modules:
         # Both given: all linear layers, plus the named ones.
         named = [a.lora_target_modules] if isinstance(a.lora_target_modules, str) else list(a.lora_target_modules)
@@ -176,6 +179,11 @@ def _peft_model(model: Any, a: AdapterBlock, gradient_checkpointing: bool, check
             f"lora_target_modules: {a.lora_target_modules!r} matches no module of this model "
             f"({str(err).splitlines()[0][:200]}). Linear layers here: {present}"
         ) from None
+
+
+def classifier_head(model: Any) -> bool:
+    """Whether the model is a sequence classifier whose linear `score` head an adapter must save."""
+    return type(model).__name__.endswith("ForSequenceClassification") and hasattr(model, "score")
 
 
 def freeze_except(model: Any, patterns: list[str]) -> None:

@@ -27,7 +27,7 @@ from tuner import hub
 from tuner.config.schema import AdapterBlock, ModelBlock
 from tuner.errors import UserError
 from tuner.fsutil import atomic_folder
-from tuner.models import resolve
+from tuner.models import heads, resolve
 
 if TYPE_CHECKING:
     import torch
@@ -403,14 +403,28 @@ def load_model(
     tokenizer: PreTrainedTokenizerBase,
     dtype: torch.dtype,
     quantization: Any = None,
+    objective: str = "sft",
+    head: heads.Head | None = None,
 ) -> PreTrainedModel:
     """Load the base weights in `dtype` (quantized by `quantization`, a BitsAndBytesConfig; a base
     stored quantized per `model_quantization_config` loads dequantized), with embeddings resized for
-    added tokens."""
+    added tokens. The class follows the objective (TunerConfig.objective; tuner.models.heads):
+    a causal LM, or for `head` a sequence classifier with that many outputs and labels."""
     config = model_config(model, base)
     bnb = quantization is not None
     quantization = quantization if bnb else stored_quantization(model)
-    cls = resolve.model_class(model)
+    name, _why = heads.head_class(model, objective, config)
+    cls = resolve.model_class(model, name)
+    extra: dict[str, Any] = {}
+    if head is not None:
+        saved = heads.checkpoint_classifier(config)
+        if saved and config.num_labels != head.num_labels:
+            log.info("base_model's %s head has %d outputs, this run needs %d: the head is new", saved,
+                     config.num_labels, head.num_labels)
+            extra["ignore_mismatched_sizes"] = True
+        for key, value in head.config_kwargs().items():  # num_labels first: it resets the label maps
+            setattr(config, key, value)
+        config.pad_token_id = tokenizer.pad_token_id  # the head reads each sequence's last non-pad token
     expected = getattr(getattr(cls, "config_class", None), "model_type", None)
     if expected and config.model_type != expected:
         raise UserError(
@@ -430,6 +444,7 @@ def load_model(
             trust_remote_code=model.trust_remote_code,
             attn_implementation=attention(model, cls, config),
             quantization_config=quantization,
+            **extra,
         )
     except ImportError as err:  # flash_attention_2 without flash-attn, for one
         raise UserError(f"attn_implementation: {model.attn_implementation}: {_brief(err)}") from None
@@ -451,7 +466,7 @@ def load_model(
         value = getattr(tokenizer, name)
         if value is not None:
             setattr(loaded.config, name, value)
-            if loaded.generation_config is not None:
+            if getattr(loaded, "generation_config", None) is not None:  # a classifier has none
                 setattr(loaded.generation_config, name, value)
     return loaded
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from tuner.config.schema import ModelBlock, Problem
+from tuner.config.schema import ModelBlock, Problem, is_sequence_classifier
 from tuner.errors import UserError, did_you_mean
 
 AUTO_MODEL = "AutoModelForCausalLM"
@@ -31,21 +31,29 @@ def _is_causal_lm(name: str) -> bool:
     return name == AUTO_MODEL or name.endswith("ForCausalLM")
 
 
+def _is_head(name: str) -> bool:
+    """A head tuner trains: a causal LM, or a sequence classifier (reward models, classification)."""
+    return _is_causal_lm(name) or is_sequence_classifier(name)
+
+
 def _is_tokenizer(name: str) -> bool:
     return name == AUTO_TOKENIZER or name.endswith(TOKENIZER_SUFFIXES)
 
 
 def model_class_problem(name: str) -> str | None:
-    """Why `name` is not a usable causal-LM class, or None when it is."""
+    """Why `name` is not a usable model class (a causal LM or a sequence classifier), or None
+    when it is. Whether the head fits the objective is schema._head_problems'."""
     names = _transformers_names()
-    candidates = sorted(n for n in names if _is_causal_lm(n))
+    candidates = sorted(n for n in names if _is_head(n))
     if name not in names:
         return f"{name!r} is not a transformers class.{did_you_mean(name, candidates)}"
-    if not _is_causal_lm(name):
+    if not _is_head(name):
         return (
-            f"{name!r} is a transformers class but not a causal language model. Supported: "
-            f"{AUTO_MODEL} or a *ForCausalLM class (e.g. LlamaForCausalLM, Qwen2ForCausalLM)."
-            f"{did_you_mean(name, candidates)}"
+            f"{name!r} is a transformers class but not a causal language model nor a sequence classifier "
+            f"({'AutoModel is the backbone alone, ' if name == 'AutoModel' or name.endswith('Model') else ''}"
+            f"AutoModelForXXX is backbone + head). Supported: {AUTO_MODEL} or a *ForCausalLM class (e.g. "
+            f"LlamaForCausalLM, Qwen2ForCausalLM); for reward_model or classification "
+            f"AutoModelForSequenceClassification or a *ForSequenceClassification class.{did_you_mean(name, candidates)}"
         )
     return None
 
@@ -76,8 +84,9 @@ def get_class(name: str) -> Any:
     return getattr(transformers, name)
 
 
-def model_class(model: ModelBlock) -> Any:
-    name = model.model_type or AUTO_MODEL
+def model_class(model: ModelBlock, name: str | None = None) -> Any:
+    """The class `name` (default: model_type, else AutoModelForCausalLM)."""
+    name = name or model.model_type or AUTO_MODEL
     if why := model_class_problem(name):
         raise UserError(f"model_type: {why}")
     return get_class(name)

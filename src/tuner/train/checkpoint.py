@@ -32,6 +32,7 @@ from typing import Any
 from tuner import __version__
 from tuner.config import TunerConfig, dump_config
 from tuner.errors import UserError
+from tuner.models.heads import is_classifier, write_head_config
 
 log = logging.getLogger("tuner")
 
@@ -375,6 +376,8 @@ def save_final(
         if dtype is not None and not hasattr(model, "peft_config"):
             model.to(dtype)  # training is over: the model becomes what is saved
         model.save_pretrained(tmp)
+        if hasattr(model, "peft_config") and is_classifier(model):
+            write_head_config(model, tmp)  # the classifier's labels beside its adapter (merge-lora, score)
         tokenizer.save_pretrained(tmp)
         (tmp / CONFIG_COPY).write_text(dump_config(cfg), encoding="utf-8")
         full_record = {**record, "versions": library_versions()}

@@ -20,7 +20,8 @@ from tuner.data.pipeline import PreparedData, prepare
 from tuner.errors import UserError
 from tuner.models.adapter import apply_adapter
 from tuner.models.inputs import Inputs, load_inputs
-from tuner.models.load import bnb_config, decoder_layers, load_model, stored_dtype
+from tuner.models.heads import Head, checkpoint_labels, parts
+from tuner.models.load import bnb_config, decoder_layers, load_model, model_config, stored_dtype
 from tuner.train.checkpoint import TrainerState, load_checkpoint, prepare_output_dir
 from tuner.train.distributed import accelerator_kwargs, check_world_size
 from tuner.train.loss import selective_recompute, uses_selective_recompute
@@ -89,11 +90,11 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
 
     inputs = load_inputs(cfg)
     data = prepare_data(cfg, inputs, accelerator)
+    objective = objective_for(cfg, data.train, checkpoint_labels(model_config(cfg.model, inputs.base)))
     hooks.model_loading()
-    model = build_model(cfg, inputs, accelerator.mixed_precision)
+    model = build_model(cfg, inputs, accelerator.mixed_precision, objective.head)
     hooks.model_loaded(model)
 
-    objective = objective_for(cfg)
     pad = inputs.tokenizer.pad_token_id
     if cfg.preference.precompute_ref_log_probs:  # the reference's log-probs once, then no reference
         data.train = precompute_reference(cfg, model, data.train, pad, accelerator)
@@ -139,7 +140,7 @@ def prepare_data(cfg: TunerConfig, inputs: Inputs, accelerator: Any) -> Prepared
     return data
 
 
-def build_model(cfg: TunerConfig, inputs: Inputs, precision: str) -> Any:
+def build_model(cfg: TunerConfig, inputs: Inputs, precision: str, head: Head | None = None) -> Any:
     """Base weights (quantized for QLoRA / 8-bit), gradient checkpointing, then the adapter.
 
     With an adapter the frozen base weights are held in the compute dtype (bf16 under bf16);
@@ -152,8 +153,14 @@ def build_model(cfg: TunerConfig, inputs: Inputs, precision: str) -> Any:
                         "flex attention on CPU); use sdpa here (it also keeps packed documents apart).")
     dtype = compute_dtype(precision)
     model = load_model(cfg.model, inputs.base, inputs.tokenizer, dtype=dtype if a.adapter else torch.float32,
-                       quantization=bnb_config(a, dtype))
+                       quantization=bnb_config(a, dtype), objective=cfg.objective, head=head)
     model.config.use_cache = False
+    if head is not None:
+        head_parameters = parts(model)[1].to(torch.float32)  # the head trains (in full): fp32 like an adapter
+        log.info("head: %s with %d output(s) (%s), %s parameters; %s", type(model).__name__, head.num_labels,
+                 head.problem_type, f"{sum(p.numel() for p in head_parameters.parameters()):,}",
+                 "trained in full and saved with the adapter (peft modules_to_save: score)" if a.adapter
+                 else "trained with the model")
     kwargs = {"use_reentrant": bool(t.gradient_checkpointing_kwargs and t.gradient_checkpointing_kwargs.use_reentrant)}
     if t.gradient_checkpointing:
         enable_checkpointing(model, kwargs)

@@ -9,7 +9,9 @@ from __future__ import annotations
 from tuner.config.schema import DatasetConfig
 from tuner.data.formats import (  # noqa: F401 - each module registers its formats
     alpaca,
+    bradley_terry,
     chat_template,
+    classification,
     completion,
     input_output,
     instruct,

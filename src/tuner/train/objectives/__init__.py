@@ -7,20 +7,28 @@ from typing import Any, Callable
 
 from tuner.config.schema import TunerConfig
 from tuner.train.objectives.base import Objective
+from tuner.train.objectives.classification import Classification
 from tuner.train.objectives.preference import KTO, PairPreference
+from tuner.train.objectives.reward import BradleyTerry
 from tuner.train.objectives.sft import SFT
 
-# `rl:` (None: supervised fine-tuning) -> the objective, built from the config
-OBJECTIVES: dict[str | None, Callable[[TunerConfig], Any]] = {
-    None: lambda cfg: SFT(),
+# TunerConfig.objective -> the objective, built from the config (classification: and its training rows)
+OBJECTIVES: dict[str, Callable[..., Any]] = {
+    "sft": lambda cfg: SFT(),
     "dpo": PairPreference,
     "ipo": PairPreference,
     "simpo": PairPreference,
     "orpo": PairPreference,
     "kto": KTO,
+    "reward": BradleyTerry,
+    "classification": Classification.for_data,
 }
 
 
-def objective_for(cfg: TunerConfig) -> Objective:
-    """The objective a config trains with (supervised fine-tuning unless `rl:` says otherwise)."""
-    return OBJECTIVES[cfg.preference.rl](cfg)
+def objective_for(cfg: TunerConfig, train_rows: Any = None, checkpoint_labels: dict[int, str] | None = None) -> Objective:
+    """The objective a config trains with. Classification needs the prepared training rows (its
+    classes may come from them) and a classifier checkpoint's own labels, if any."""
+    name = cfg.objective
+    if name == "classification":
+        return OBJECTIVES[name](cfg, train_rows, checkpoint_labels)
+    return OBJECTIVES[name](cfg)

@@ -15,18 +15,23 @@ An objective declares
     step, all micro-batches and all processes: the loss of a step is
         sum over terms of (term summed over the step) / (its count over the step);
   * `report(sums, counts, evaluation)`: the values logged for a step, a logging window or an
-    evaluation.
+    evaluation;
+  * `head`: None for a causal LM; for reward models and classification the sequence-
+    classification head the model is loaded with (tuner.models.heads.Head).
 Everything else (the step, accumulation, clipping, NaN policy, signals, checkpoints, eval,
 trackers, report, save) is the loop's, written once.
 """
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from tuner.config.schema import TunerConfig
+
+if TYPE_CHECKING:
+    from tuner.models.heads import Head
 
 
 class Units(Protocol):
@@ -45,6 +50,7 @@ class Objective(Protocol):
     count_names: tuple[str, ...]  # what `counts` counts; the first is logged as the step's count
     sum_names: tuple[str, ...]  # the names `sums` returns
     loss_terms: dict[str, str]  # sum name -> the count it is normalised by
+    head: Head | None  # None: a causal LM
 
     def batches(self, rows: Any, cfg: TunerConfig, pad_token_id: int, evaluation: bool) -> Units: ...
 

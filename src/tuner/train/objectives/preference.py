@@ -135,6 +135,7 @@ class PairPreference:
     """rl: dpo | ipo | simpo | orpo."""
 
     count_names = ("pairs", "chosen_tokens", "chosen_sequence_tokens")
+    head = None  # a causal LM
 
     def __init__(self, cfg: TunerConfig):
         self._cfg = cfg
@@ -244,6 +245,7 @@ class KTO:
     """rl: kto."""
 
     name = "kto"
+    head = None  # a causal LM
     count_names = ("examples", "desirable", "undesirable", "micro_batches")
     sum_names = ("loss", "kl", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected")
     loss_terms = {"loss": "examples"}

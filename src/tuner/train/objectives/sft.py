@@ -20,6 +20,7 @@ from tuner.train.objectives.base import combined_loss
 
 class SFT:
     name = "sft"
+    head = None  # a causal LM
     count_names = ("trained_tokens",)
     sum_names = ("loss",)
     loss_terms = {"loss": "trained_tokens"}
