@@ -5,6 +5,7 @@ adapter code applied)."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -17,7 +18,7 @@ from typing import Any
 from tuner import hub
 from tuner.config.schema import TunerConfig
 from tuner.errors import UserError
-from tuner.models import resolve
+from tuner.models import heads, resolve
 from tuner.models.adapter import apply_adapter
 from tuner.models.inputs import Inputs, load_inputs
 from tuner.models.load import decoder_layers, model_config, tokenizer_path
@@ -187,7 +188,13 @@ def stored_weights(inputs: Inputs) -> StoredWeights:
     return stored
 
 
-def _model_class(model: Any, config: Any) -> tuple[str, str]:
+def _model_class(cfg: TunerConfig, config: Any) -> tuple[str, str]:
+    """(the class training loads, why): the head follows the objective (tuner.models.heads)."""
+    model = cfg.model
+    name, why = heads.head_class(model, cfg.objective, config)
+    if cfg.objective in ("reward", "classification"):
+        resolve.model_class(model, name)  # a clean error for a misspelled name
+        return heads.concrete_class(name, config), f"{why}; AutoModel is the backbone, AutoModelForXXX is backbone + head"
     archs = ", ".join(getattr(config, "architectures", None) or []) or "none"
     if model.model_type and model.model_type != resolve.AUTO_MODEL:
         resolve.model_class(model)  # a clean error for a misspelled name
@@ -225,7 +232,7 @@ def describe_model(cfg: TunerConfig) -> ModelFacts:
     model's weights are not downloaded: config, tokenizer and safetensors headers only."""
     inputs = load_inputs(cfg, weights=False)
     config = model_config(cfg.model, inputs.base)
-    cls_name, cls_how = _model_class(cfg.model, config)
+    cls_name, cls_how = _model_class(cfg, config)
     tokenizer = inputs.tokenizer
     return ModelFacts(
         inputs.base, config, cls_name, cls_how, tokenizer, type(tokenizer).__name__,
@@ -291,15 +298,22 @@ class ParamFacts:
     largest_linear: int = 0
     model_type: str | None = None
     softcap: float | None = None  # final_logit_softcapping (Gemma 2/3)
+    score_params: int = 0  # a sequence classifier's `score` head (reward models, classification); 0: a causal LM
+    score_trains: bool = False
 
 
 def _meta_model(cfg: TunerConfig, facts: ModelFacts) -> Any:
     import torch
     from transformers import AutoModelForCausalLM
 
-    cls = resolve.model_class(cfg.model)
+    cls = resolve.model_class(cfg.model, facts.model_class)
     with torch.device("meta"):
-        if cls is AutoModelForCausalLM:
+        if cfg.objective in ("reward", "classification"):
+            config = copy.deepcopy(facts.config)
+            for key, value in plan_head(cfg, facts.config).config_kwargs().items():
+                setattr(config, key, value)
+            model = cls._from_config(config)
+        elif cls is AutoModelForCausalLM:
             model = AutoModelForCausalLM.from_config(facts.config, trust_remote_code=cfg.model.trust_remote_code)
         else:
             model = cls._from_config(facts.config)
@@ -307,6 +321,17 @@ def _meta_model(cfg: TunerConfig, facts: ModelFacts) -> Any:
         if len(facts.tokenizer) > rows:
             model.resize_token_embeddings(len(facts.tokenizer), mean_resizing=False)
     return model
+
+
+def plan_head(cfg: TunerConfig, config: Any) -> heads.Head:
+    """The head `tuner info` counts: a reward model's one output; a classifier's classes from the
+    config or the checkpoint (from the training data only once it is read: 2 are counted then)."""
+    if cfg.objective == "reward":
+        return heads.REWARD_HEAD
+    m = cfg.model
+    names = dict(m.id2label or {}) or {i: n for n, i in (m.label2id or {}).items()} or heads.checkpoint_labels(config) or {}
+    count = m.num_labels or len(names) or 2
+    return heads.Head(count, names, "regression" if count == 1 else "single_label_classification")
 
 
 def _layer_info(layer: Any) -> LayerInfo:
@@ -382,6 +407,10 @@ def count_parameters(cfg: TunerConfig, facts: ModelFacts) -> ParamFacts:
         warnings.simplefilter("ignore")
         model = apply_adapter(model, plain, gradient_checkpointing=False)
     named = list(model.named_parameters())
+    score = [(n, p) for n, p in named if n.split(".")[-2:-1] == ["score"] or ".score.modules_to_save." in n
+             or ".score.original_module." in n]
+    score_params = sum(p.numel() for n, p in score if ".original_module." not in n)
+    score_trains = any(p.requires_grad for _, p in score)
     total = sum(p.numel() for _, p in named)
     trainable = sum(p.numel() for _, p in named if p.requires_grad)
     adapter_params = sum(p.numel() for n, p in named if p.requires_grad and ("lora_" in n or "trainable_tokens" in n))
@@ -428,6 +457,7 @@ def count_parameters(cfg: TunerConfig, facts: ModelFacts) -> ParamFacts:
         head_params=head_params, adapter_params=adapter_params, saved_modules_params=saved_params,
         dora_extra=dora_extra, largest_trainable=largest, largest_linear=largest_linear,
         model_type=getattr(c, "model_type", None), softcap=getattr(text, "final_logit_softcapping", None),
+        score_params=score_params, score_trains=score_trains,
     )
 
 

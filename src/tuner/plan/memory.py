@@ -437,6 +437,8 @@ def loss_terms(p: ParamFacts, r: Regime, T: int, K: int, plain_head: bool) -> Lo
 
     V, a = p.vocab, r.a
     softcap = 8 if p.softcap else 0
+    if p.score_params:  # a sequence classifier: its head reads one position per sequence, no vocabulary logits
+        return LossTerms(0, 0, 0, 0, 0, True, 0)
     if plain_head:
         chunk = min(K, chunk_positions(V, bool(p.softcap)))
         return LossTerms(chunk, math.ceil(K / chunk), (8 + softcap) * V * chunk, (12 + softcap) * V * chunk, 0,
@@ -477,7 +479,9 @@ def describe(plan: MemoryPlan, cfg: TunerConfig, p: ParamFacts, r: Regime, weigh
         lines.append(PlanLine("weight copies", copies,
                               f"autocast's {'bf16' if a == 2 else 'compute-dtype'} copies of fp32 weights"
                               + (" (dropped after forward: recomputed)" if (gc or plan.selective) and copies else "")))
-    if loss.plain_head:
+    if p.score_params:
+        loss_note = "none: the classification head reads one position per sequence (no vocabulary logits)"
+    elif loss.plain_head:
         loss_note = (f"head + cross-entropy on {chunks} chunk(s) of {chunk:,} positions x {V:,} vocabulary, "
                      f"recomputed in backward: {12 + softcap} B per logit")
     else:

@@ -171,6 +171,10 @@ def info_report(cfg: TunerConfig, device_memory: str | None) -> str:
     out.append(f"  method           {params.method}")
     share = params.trainable / max(params.total, 1)
     out.append(f"  trainable        {params.trainable:,} ({share:.2%})")
+    if params.score_params:
+        out.append(f"  head             score: {params.score_params:,} parameters, "
+                   f"{'trained (counted as trainable)' if params.score_trains else 'frozen'}"
+                   + ("; saved with the adapter (peft modules_to_save)" if cfg.adapter.adapter else ""))
     shown = params.targets[:12]
     out.append(f"  targets          {', '.join(shown)}" + (f", ... ({len(params.targets)} in all)" if len(params.targets) > 12 else "")
                + (f" - {params.target_count} modules" if cfg.adapter.adapter else ""))
