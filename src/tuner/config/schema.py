@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_core import PydanticCustomError
+from pydantic import BeforeValidator
 
 from tuner.config import dataset_types
 from tuner.errors import did_you_mean
@@ -119,6 +120,19 @@ def _template_name(name: str) -> str:
 
 
 DatasetType = Annotated[str, AfterValidator(_dataset_type)]
+
+
+def _comma_separated(value: Any) -> Any:
+    """LLaMA-Factory writes lists of numbers as one string: "0.7,0.3"."""
+    if isinstance(value, str):
+        try:
+            return [float(v) for v in value.split(",") if v.strip()]
+        except ValueError:
+            return value  # pydantic names the bad value
+    return value
+
+
+Probabilities = Annotated[list[Annotated[float, Field(ge=0, le=1)]], BeforeValidator(_comma_separated)]
 ChatTemplateName = Annotated[str, AfterValidator(_template_name)]
 
 # Dataset keys that only mean something under `rl:`.
@@ -166,6 +180,10 @@ class DatasetConfig(Block):
     overlap_len: NonNegInt | None = Field(
         default=None, description="`completion` with excess_length_strategy: split: tokens each piece repeats from the "
         "end of the piece before, as context (not trained again). Axolotl's completion key; default 0."
+    )
+    weight: Annotated[float, Field(gt=0, le=1)] | None = Field(
+        default=None, description="The share of this dataset's rows to train on (0 < weight <= 1): a seeded random "
+        "subset of that many rows, as Axolotl's `weight`; counted. Proportions of a mixture: mix_strategy."
     )
     weight: Annotated[float, Field(gt=0, le=1)] | None = Field(
         default=None, description="The share of this dataset's rows to train on (0 < weight <= 1): a seeded random "
@@ -507,6 +525,19 @@ class DataBlock(Block):
         "interleave_over (until every dataset has been used once; the smaller ones repeat)."
     )
     interleave_probs: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
+        default=None, description="With mix_strategy: interleave_*: the probability of each dataset (one per entry "
+        "of `datasets`, summing to 1; default: equal). LLaMA-Factory's \"0.7,0.3\" is read too."
+    )
+    shuffle_merged_datasets: bool = Field(
+        default=True, description="Shuffle the training rows each epoch (seed + epoch); false: train them in the "
+        "order of `datasets` (and of each file), packing bins in that order too."
+    )
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
+        default="concat", description="How `datasets` are merged (LLaMA-Factory's): concat (all rows of each), "
+        "interleave_under (rows drawn from the datasets in proportion to interleave_probs until one runs out) or "
+        "interleave_over (until every dataset has been used once; the smaller ones repeat)."
+    )
+    interleave_probs: Probabilities | None = Field(
         default=None, description="With mix_strategy: interleave_*: the probability of each dataset (one per entry "
         "of `datasets`, summing to 1; default: equal). LLaMA-Factory's \"0.7,0.3\" is read too."
     )
@@ -966,6 +997,7 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
         *_dataset_problems(cfg.data),
         *_split_problems(cfg),
         *_mixture_problems(cfg.data),
+        *_mixture_problems(cfg.data),
         *_preference_problems(cfg),
         *_head_problems(cfg),
     ]
@@ -1154,6 +1186,29 @@ def _split_problems(cfg: TunerConfig) -> list[Problem]:
                 problems.append(Problem(("excess_length_strategy",), f"split cuts the text of type completion rows; "
                                         f"{key}[{i}] is type {ds.kind}, whose rows it would cut apart (a prompt from its "
                                         "answer). Use drop or truncate, or give that data as type completion."))
+    return problems
+
+
+def _mixture_problems(d: DataBlock) -> list[Problem]:
+    """weight (datasets only), mix_strategy and interleave_probs (one probability per dataset, summing to 1)."""
+    problems = []
+    for i, ds in enumerate(d.test_datasets or []):
+        if ds.weight is not None:
+            problems.append(Problem(("test_datasets", i, "weight"), "weight subsamples training data; evaluation "
+                                    "uses every row of test_datasets (remove weight here)."))
+    probs = d.interleave_probs
+    if probs is None:
+        return problems
+    if d.mix_strategy == "concat":
+        problems.append(Problem(("interleave_probs",), "interleave_probs are the proportions of an interleaved "
+                                "mixture, but mix_strategy is concat; set `mix_strategy: interleave_under` (or "
+                                "interleave_over) or remove interleave_probs."))
+    elif len(probs) != len(d.datasets):
+        problems.append(Problem(("interleave_probs",), f"{len(probs)} probabilities for {len(d.datasets)} datasets; "
+                                "give one per entry of `datasets`, in their order."))
+    elif abs(sum(probs) - 1) > 1e-6:
+        problems.append(Problem(("interleave_probs",), f"{', '.join(f'{p:g}' for p in probs)} sum to {sum(probs):g}; "
+                                "they are probabilities and must sum to 1."))
     return problems
 
 

@@ -57,6 +57,9 @@ def token_keys(cfg: TunerConfig, key: str = "datasets") -> dict[str, Any]:
         # keys added later: in the fingerprint only when set, so data prepared before them is still reused
         **{k: v for k, v in (("min_sample_len", d.min_sample_len), ("tokenizer_legacy", m.tokenizer_legacy),
                              ("dataset_exact_deduplication", d.dataset_exact_deduplication or None)) if v is not None},
+        **({"mix_strategy": d.mix_strategy, "interleave_probs": d.interleave_probs, "mixture_seed": cfg.training.seed}
+           if key == "datasets" and (d.mix_strategy != "concat" or any(ds.weight is not None for ds in d.datasets))
+           else {}),
     }
 
 

@@ -86,6 +86,22 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
     return bins
 
 
+def pack_in_order(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Bins of consecutive rows, in their order (`shuffle_merged_datasets: false`): each row goes
+    into the current bin while it fits, else starts the next."""
+    bins: list[list[int]] = []
+    room = 0
+    for i, need in enumerate(lengths):
+        if need > capacity:
+            raise ValueError(f"row {i} has {need} tokens, more than the bin capacity {capacity}")
+        if not bins or need > room:
+            bins.append([])
+            room = capacity
+        bins[-1].append(i)
+        room -= need
+    return bins
+
+
 def packed_batch(
     rows: Sequence[Sequence[tuple[Sequence[int], Sequence[int]]]],
     pad_token_id: int,
@@ -124,10 +140,12 @@ class Batches:
     pad_to_multiple_of: int | None = None
     pad_to_sequence_len: bool = False
     flatten: bool = False  # batch_flattening: a micro-batch of rows as one row of documents
+    in_order: bool = False  # packing keeps the rows' order (shuffle_merged_datasets: false)
 
     def __post_init__(self) -> None:
         self.lengths = [len(ids) for ids in self.rows["input_ids"]]
-        self.bins = pack_rows(self.lengths, self.sequence_len) if self.packing else None
+        pack = pack_in_order if self.in_order else pack_rows
+        self.bins = pack(self.lengths, self.sequence_len) if self.packing else None
 
     @property
     def units(self) -> int:

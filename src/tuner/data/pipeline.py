@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from tuner.config.schema import DatasetConfig, TunerConfig
 from tuner.data import cache, templates
-from tuner.data.dedup import drop_duplicates
+from tuner.data.dedup import drop_seen, first_copies
 from tuner.data.formats import EncodeContext, FieldError, get_format
 from tuner.data.formats.classification import classified_row
 from tuner.data.formats.preference import pair_row, unpaired_row
 from tuner.data.labels import trained_count
+from tuner.data.mixture import MixSettings, describe_mixture, mix
 from tuner.data.load import ROW, RawSource, load_hub, load_source, local_sources
 from tuner.data.tokenize import KEPT, NOTHING_TO_TRAIN, TOO_LONG, TOO_SHORT, TokenizeSettings, finish_row, split_row
 from tuner.errors import UserError
@@ -76,6 +77,10 @@ def describe(stats: dict[str, Any]) -> list[str]:
         lines.append(f"  {src['where']}: {src['read']} rows read, {src['kept']} kept{extra}{trunc}")
         lines.extend(f"    invalid {e}" for e in src.get("invalid_examples", []))
     duplicates = f" ({stats['duplicates']} exact duplicates dropped)" if "duplicates" in stats else ""
+    if "mixture" in stats:
+        lines += describe_mixture(stats["mixture"])
+    if stats.get("also_in_train"):
+        duplicates += f" ({stats['also_in_train']} rows that are also training rows dropped)"
     lines.append(f"  total: {stats['rows']} rows{duplicates}, {stats['tokens']:,} tokens, {stats['trained_tokens']:,} trained")
     return lines
 
@@ -243,17 +248,31 @@ def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encod
 
 
 def _build(entries: list[tuple[DatasetConfig, RawSource, Dataset]], enc: Encoder, num_proc: int | None,
-           kind: RowKind, deduplicate: bool = False) -> tuple[Dataset, dict[str, Any]]:
+           kind: RowKind, deduplicate: bool = False, mixture: MixSettings | None = None,
+           ) -> tuple[Dataset, dict[str, Any]]:
+    """Tokenize every source; then drop exact duplicates (dataset_exact_deduplication) and make the
+    mixture (weights, mix_strategy: tuner.data.mixture), both on the concatenated rows."""
     import numpy as np
     from datasets import concatenate_datasets
 
-    parts, sources = [], []
+    parts, sources, owners = [], [], []
     for ds, src, raw in entries:
         part, stats = _tokenize_source(raw, ds, src, enc, num_proc)
         parts.append(part)
         sources.append(stats)
+        owners.append(np.full(part.num_rows, src.index, dtype=np.int64))
     rows = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
-    rows, duplicates = drop_duplicates(rows) if deduplicate else (rows, 0)
+    dataset_of = np.concatenate(owners)
+    duplicates = 0
+    if deduplicate:
+        keep = first_copies(rows)
+        duplicates = rows.num_rows - len(keep)
+        rows, dataset_of = (rows.select(keep), dataset_of[keep]) if duplicates else (rows, dataset_of)
+    mixed = None
+    if mixture is not None and mixture.active:
+        names = {src.index: f"{src.key}[{src.index}] ({ds.path})" for ds, src, _ in entries}
+        order, mixed = mix(dataset_of, mixture, [names[i] for i in range(len(mixture.weights))])
+        rows = rows.select(order)
     if rows.num_rows == 0:
         raise UserError(
             "no rows left after tokenization:\n"
@@ -268,6 +287,8 @@ def _build(entries: list[tuple[DatasetConfig, RawSource, Dataset]], enc: Encoder
     numpy_rows = rows.with_format("numpy")
     trained = sum(trained_count(np.asarray(lab)) for c in kind.label_columns for lab in numpy_rows[c])
     stats = {"sources": sources, "rows": rows.num_rows, "tokens": tokens, "trained_tokens": trained}
+    if mixed is not None:
+        stats["mixture"] = mixed
     return rows, {**stats, "duplicates": duplicates} if deduplicate else stats
 
 
@@ -315,7 +336,8 @@ def _prepared(
             return rows, meta["stats"], fp, True
         log.info("preparing %s into %s", key, root / fp)
         loaded = [(ds, src, data if data is not None else load_source(src, ds, enc.skip_invalid)) for ds, src, data in entries]
-        rows, stats = _build(loaded, enc, cfg.data.dataset_num_proc, row_kind(cfg), cfg.data.dataset_exact_deduplication)
+        rows, stats = _build(loaded, enc, cfg.data.dataset_num_proc, row_kind(cfg), cfg.data.dataset_exact_deduplication,
+                             MixSettings.of(cfg) if key == "datasets" else None)
         cache.save(root, fp, rows, {"inputs": inputs, "stats": stats})
         return cache.load(root, fp)[0], stats, fp, False  # memory-mapped from disk, like a reused dataset
 
@@ -354,6 +376,12 @@ def prepare(cfg: TunerConfig, tokenizer: Any, tokenizer_files: list[Path]) -> Pr
     root = Path(d.dataset_prepared_path)
     if d.test_datasets:
         evaluation, eval_stats, _, _ = _prepared(cfg, "test_datasets", d.test_datasets, enc, tokenizer_files)
+        if d.dataset_exact_deduplication:  # evaluation rows that are training rows measure nothing new
+            evaluation, seen = drop_seen(evaluation, rows)
+            eval_stats = {**eval_stats, "also_in_train": seen, "rows": evaluation.num_rows}
+            if evaluation.num_rows == 0:
+                raise UserError("test_datasets: every evaluation row is also a training row "
+                                "(dataset_exact_deduplication dropped them all)")
         return PreparedData(rows, evaluation, fp, root / fp, reused, stats, eval_stats, template)
     train, evaluation = split_eval(rows, d.val_set_size, cfg.training.seed)
     return PreparedData(train, evaluation, fp, root / fp, reused, stats, chat_template=template)

@@ -102,7 +102,7 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
             data.eval = precompute_reference(cfg, model, data.eval, pad, accelerator)
     train_batches = objective.batches(data.train, cfg, pad, evaluation=False)
     eval_batches = None if data.eval is None else objective.batches(data.eval, cfg, pad, evaluation=True)
-    plan = StepPlan.build(train_batches.units, t, accelerator.num_processes)
+    plan = StepPlan.build(train_batches.units, t, accelerator.num_processes, cfg.data.shuffle_merged_datasets)
     optimizer = build_optimizer(model.parameters(), t)
     scheduler = build_scheduler(optimizer, t, plan.total_steps)
     state = TrainerState.new(data.fingerprint, plan)

@@ -12,7 +12,8 @@ from tuner.data.pack import shuffled_order
 
 @dataclass(frozen=True)
 class StepPlan:
-    """Rows are shuffled once per epoch with `seed + epoch`. A *global* micro-batch is
+    """Rows are shuffled once per epoch with `seed + epoch` (kept in order with
+    `shuffle_merged_datasets: false`). A *global* micro-batch is
     `micro_batch_size * world_size` consecutive units (rows, or packed bins) of that order;
     process `rank` takes its slice. With several processes the order is padded by wrapping
     around, so every process runs the same number of micro-batches.
@@ -24,6 +25,7 @@ class StepPlan:
     world_size: int
     total_steps: int
     seed: int
+    shuffle: bool = True
 
     @property
     def micro_batches_per_epoch(self) -> int:
@@ -34,13 +36,13 @@ class StepPlan:
         return math.ceil(self.micro_batches_per_epoch / self.accumulation)
 
     @classmethod
-    def build(cls, rows: int, t: TrainingBlock, world_size: int) -> StepPlan:
+    def build(cls, rows: int, t: TrainingBlock, world_size: int, shuffle: bool = True) -> StepPlan:
         probe = cls(rows, t.micro_batch_size, t.gradient_accumulation_steps, world_size, 0, t.seed)
         total = t.max_steps if t.max_steps is not None else math.ceil((t.num_epochs or 1) * probe.steps_per_epoch)
-        return cls(rows, t.micro_batch_size, t.gradient_accumulation_steps, world_size, max(1, total), t.seed)
+        return cls(rows, t.micro_batch_size, t.gradient_accumulation_steps, world_size, max(1, total), t.seed, shuffle)
 
     def epoch_order(self, epoch: int) -> list[int]:
-        order = shuffled_order(self.rows, self.seed + epoch)
+        order = shuffled_order(self.rows, self.seed + epoch) if self.shuffle else list(range(self.rows))
         per_global = self.micro_batch_size * self.world_size
         if self.world_size > 1 and len(order) % per_global:
             order += order[: per_global - len(order) % per_global]

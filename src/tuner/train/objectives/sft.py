@@ -31,7 +31,7 @@ class SFT:
         if evaluation and d.eval_sample_packing is not None:
             packing = d.eval_sample_packing
         return Batches(rows, pad_token_id, d.sequence_len, packing, d.pad_to_multiple_of, d.pad_to_sequence_len,
-                       d.batch_flattening and not packing)
+                       d.batch_flattening and not packing, in_order=not d.shuffle_merged_datasets)
 
     def wrap(self, model: torch.nn.Module) -> CausalLMLoss:
         return CausalLMLoss(model)
