@@ -82,6 +82,15 @@ def data_lines(cfg: TunerConfig, facts: ModelFacts) -> list[str]:
     else:
         train, held = split_eval(rows, d.val_set_size, t.seed)
         n_eval = "no evaluation rows" if held is None else f"{held.num_rows:,} held out (val_set_size)"
+    if "labels" not in train.column_names:  # pairs (rl:, reward models) or classified texts: one unit per row
+        plan = StepPlan.build(train.num_rows, t, 1)
+        tokens = sum(len(ids) for c in train.column_names if c.endswith("input_ids") for ids in train[c])
+        return [f"prepared     {root / fp}",
+                f"rows         {stats.get('rows', rows.num_rows):,} prepared; {train.num_rows:,} train, {n_eval}",
+                f"tokens       {tokens:,} train tokens",
+                f"steps        {plan.steps_per_epoch:,} per epoch ({train.num_rows:,} rows / micro_batch_size "
+                f"{t.micro_batch_size} / gradient_accumulation_steps {t.gradient_accumulation_steps}, one process); "
+                f"{plan.total_steps:,} in this run"]
     batches = Batches(train, facts.tokenizer.pad_token_id, d.sequence_len, d.sample_packing,
                       d.pad_to_multiple_of, d.pad_to_sequence_len, d.batch_flattening)
     plan = StepPlan.build(batches.units, t, 1)
