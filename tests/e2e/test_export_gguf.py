@@ -58,16 +58,55 @@ def _cli_log_handlers():
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory, smol_tokenizer_dir):
-    """A tiny random model of a family (made once per module)."""
+def tiny_tokenizer_dir(tmp_path_factory, smol_tokenizer):
+    """A byte-level BPE tokenizer like SmolLM2's (same special tokens at ids 0-2, same chat
+    template) with 512 tokens: gguf's reader builds a Python object per vocabulary entry, so
+    reading a file with SmolLM2's 49,152 tokens and merges costs about 10 s of CPU each time."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from tuner.data.formats.alpaca import prompt as alpaca_prompt
+    from tuner.models.load import PROBE_STRINGS
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    texts = [TEXT, *PROBE_STRINGS] + [alpaca_prompt(r) + r["output"] for r in alpaca_rows(40)]
+    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=512, special_tokens=specials, show_progress=False,
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    tokenizer.chat_template = smol_tokenizer.chat_template
+    out = tmp_path_factory.mktemp("tiny-tokenizer")
+    tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_tokenizer_dir):
+    """A tiny random model of a family with the 512-token tokenizer (made once per module)."""
+    from transformers import AutoTokenizer
+
     made = {}
 
     def get(family):
         if family not in made:
-            made[family] = make_tiny_model(tmp_path_factory.mktemp(family), family, smol_tokenizer_dir)
+            folder = make_tiny_model(tmp_path_factory.mktemp(family), family, tiny_tokenizer_dir)
+            model = load_hf(folder)
+            model.resize_token_embeddings(len(AutoTokenizer.from_pretrained(str(folder))))
+            model.save_pretrained(folder)
+            made[family] = folder
         return made[family]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer(tiny_tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(tiny_tokenizer_dir))
 
 
 @pytest.fixture(scope="module")
@@ -86,11 +125,11 @@ def exported(tmp_path_factory, tiny):
 
 
 @pytest.mark.parametrize("family,quants", [("llama", ("f32", "f16", "bf16")), ("qwen2", ("f32",)), ("mistral", ("f32",))])
-def test_tiny_families_round_trip_through_transformers(tiny, exported, smol_tokenizer, family, quants):
-    reference = logits(load_hf(tiny(family)), smol_tokenizer)
+def test_tiny_families_round_trip_through_transformers(tiny, exported, tiny_tokenizer, family, quants):
+    reference = logits(load_hf(tiny(family)), tiny_tokenizer)
     diffs = {}
     for quant in quants:
-        diffs[quant] = float((logits(load_gguf(exported(family, quant)), smol_tokenizer) - reference).abs().max())
+        diffs[quant] = float((logits(load_gguf(exported(family, quant)), tiny_tokenizer) - reference).abs().max())
     REPORTS.append(f"GGUF round trip, tiny {family}: max abs logit difference "
                    + ", ".join(f"{q} {d:.1e}" for q, d in diffs.items()))
     for quant, diff in diffs.items():
@@ -161,35 +200,38 @@ def test_exported_file_loads_back_into_tuner_as_base_model(tmp_path, tiny, expor
 
 
 @pytest.mark.smollm2
-def test_smollm2_f16_and_q8_0_round_trip(tmp_path, smol_model_dir, smol_tokenizer):
-    """Against the float32 model, an f16 file differs by f16's own rounding of the weights: the
-    same model with its matrices rounded to f16 in transformers is what the file holds."""
+@pytest.mark.parametrize("quant", ["f16", pytest.param("q8_0", marks=pytest.mark.extra)])
+def test_smollm2_round_trip(tmp_path, smol_model_dir, smol_tokenizer, quant):
+    """The real model through transformers' GGUF loader (about 25 s of CPU per load, most of it
+    gguf's reader building the 49,152 tokens and 48,900 merges: q8_0 runs with -m extra). Against
+    the float32 model an f16 file differs by f16's own rounding of the weights: the file holds
+    exactly the model with its matrices rounded to f16 (norms stay float32, as in the file)."""
     from tuner.export.gguf import export
 
     model = load_hf(smol_model_dir)
     reference = logits(model, smol_tokenizer)
-    measured = {}
-    for quant in ("f16", "q8_0"):
-        result = export(smol_model_dir, tmp_path / f"smol-{quant}.gguf", quant)
-        back = logits(load_gguf(result.path), smol_tokenizer)
-        measured[quant] = (float((back - reference).abs().max()), float((back.argmax(-1) == reference.argmax(-1)).float().mean()),
-                           result.bytes / 2**20)
-        if quant == "f16":
-            with torch.no_grad():
-                for p in model.parameters():
-                    if p.ndim == 2:  # the file's f16 matrices; norms stay float32 as in the file
-                        p.copy_(p.half().float())
-            rounded = float((back - logits(model, smol_tokenizer)).abs().max())
-        result.path.unlink()
-    REPORTS.append("GGUF round trip, SmolLM2-135M vs its float32 HF folder: " + "; ".join(
-        f"{q} max abs logit difference {d:.4f} (same top-1 token at {s:.0%} of positions, {mb:.0f} MiB of tensors)"
-        for q, (d, s, mb) in measured.items()) + f"; the f16 file vs the HF model with its matrices rounded to f16: {rounded:.1e}")
-    assert rounded <= 1e-3  # the file is the model, to f16 rounding
-    assert measured["f16"][0] <= 0.1 and measured["f16"][1] >= 0.99
-    assert measured["q8_0"][0] <= 0.5 and measured["q8_0"][1] >= 0.9
+    result = export(smol_model_dir, tmp_path / f"smol-{quant}.gguf", quant)
+    back = logits(load_gguf(result.path), smol_tokenizer)
+    diff = float((back - reference).abs().max())
+    mean = float((back - reference).abs().mean())
+    same_top = float((back.argmax(-1) == reference.argmax(-1)).float().mean())
+    line = (f"GGUF round trip, SmolLM2-135M {quant} ({result.bytes / 2**20:.0f} MiB of tensors) vs its float32 HF "
+            f"folder: max abs logit difference {diff:.4f}, mean {mean:.4f}, same top-1 token at {same_top:.0%} of positions")
+    if quant == "f16":
+        with torch.no_grad():
+            for p in model.parameters():
+                if p.ndim == 2:
+                    p.copy_(p.half().float())
+        rounded = float((back - logits(model, smol_tokenizer)).abs().max())
+        REPORTS.append(line + f"; vs the HF model with its matrices rounded to f16: {rounded:.1e}")
+        assert rounded <= 1e-4  # the file is the model, to f16 rounding
+        assert diff <= 0.1 and same_top == 1.0  # measured: 0.033
+    else:
+        REPORTS.append(line)
+        assert diff <= 2.0 and same_top >= 0.9  # measured: 1.0 and 98%
 
 
-def test_cli_exports_a_lora_output_with_its_training_prompt_as_chat_template(tmp_path, tiny, capsys):
+def test_cli_exports_a_lora_output_with_its_training_prompt_as_chat_template(tmp_path, tiny, tiny_tokenizer, capsys):
     """tuner train (2 LoRA steps, an added token) then `tuner export-gguf config.yml`: the adapter
     is merged, the file has the added token and renders the Alpaca prompt the model trained on."""
     import gguf
@@ -201,13 +243,12 @@ def test_cli_exports_a_lora_output_with_its_training_prompt_as_chat_template(tmp
     from tuner.export.merge import merge
     from tuner.train.loop import train
 
-
     data = write_jsonl(tmp_path / "data.jsonl", alpaca_rows(16))
     train(make_config(
         tmp_path, base_model=str(tiny("llama")), datasets=[{"path": str(data), "type": "alpaca"}],
         dataset_prepared_path=str(tmp_path / "prepared"), output_dir=str(tmp_path / "out"),
-        sequence_len=96, micro_batch_size=4, max_steps=2, learning_rate=1e-2, adapter="lora", lora_r=8,
-        lora_target_linear=True, tokens=["<tool>"], peft_trainable_token_indices=[49152],
+        sequence_len=256, micro_batch_size=4, max_steps=2, learning_rate=1e-2, adapter="lora", lora_r=8,
+        lora_target_linear=True, tokens=["<tool>"], peft_trainable_token_indices=[len(tiny_tokenizer)],
     ))
     config = tmp_path / "config.yml"
     assert main(["export-gguf", str(config)]) == 0
@@ -217,7 +258,7 @@ def test_cli_exports_a_lora_output_with_its_training_prompt_as_chat_template(tmp
 
     reader = gguf.GGUFReader(str(path))
     tokens = reader.fields["tokenizer.ggml.tokens"]
-    assert len(tokens.data) == 49153 and tokens.contents(49152) == "<tool>"
+    assert len(tokens.data) == len(tiny_tokenizer) + 1 and tokens.contents(len(tiny_tokenizer)) == "<tool>"
     template = reader.fields["tokenizer.chat_template"].contents()
     row = {"instruction": "Add the numbers.", "input": "3 + 4"}
     render = Environment().from_string(template).render

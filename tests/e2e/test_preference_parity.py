@@ -99,7 +99,12 @@ def policy(base, name: str, tmp_path: Path):
 
 
 @pytest.mark.smollm2
-@pytest.mark.parametrize("name", [c for c in CONFIGS])
+# make test keeps the DPO family's cheap cases; the rest (a minute or more each on 2 cores: KTO's
+# KL rows, a second adapter, CPO/ORPO's own tokens) run in make test-slow
+FAST = ("dpo_sigmoid", "dpo_sigmoid_truncated", "dpo_sigmoid_plain", "dpo_ipo", "dpo_hinge")
+
+
+@pytest.mark.parametrize("name", [c if c in FAST else pytest.param(c, marks=pytest.mark.slow) for c in CONFIGS])
 def test_loss_metrics_and_gradients_equal_trl(base, smol_model_dir, name, tmp_path):
     from datasets import Dataset
 
@@ -142,7 +147,10 @@ def test_loss_metrics_and_gradients_equal_trl(base, smol_model_dir, name, tmp_pa
                    if p.requires_grad and p.grad is not None}
             assert set(got) == set(expected)
             for key, grad in expected.items():
-                assert torch.allclose(got[key], grad, atol=TOL, rtol=1e-3), (name, key, (got[key] - grad).abs().max())
+                # relative to the gradient's size: IPO's squared loss gives gradients ~50x DPO's, where
+                # fp32 summation order alone moves single elements by a few 1e-4 (measured 4e-4)
+                error = float((got[key] - grad).norm() / grad.norm().clamp_min(1e-12))
+                assert error <= 1e-3, (name, key, error, (got[key] - grad).abs().max())
             assert combined_loss(objective, {k: float(v) for k, v in sums.items()}, counts) == pytest.approx(
                 case["loss"], abs=TOL)
     finally:
