@@ -98,12 +98,12 @@ def policy(base, name: str, tmp_path: Path):
     return model
 
 
-@pytest.mark.smollm2
 # make test keeps the DPO family's cheap cases; the rest (a minute or more each on 2 cores: KTO's
 # KL rows, a second adapter, CPO/ORPO's own tokens) run in make test-slow
 FAST = ("dpo_sigmoid", "dpo_sigmoid_truncated", "dpo_sigmoid_plain", "dpo_ipo", "dpo_hinge")
 
 
+@pytest.mark.smollm2
 @pytest.mark.parametrize("name", [c if c in FAST else pytest.param(c, marks=pytest.mark.slow) for c in CONFIGS])
 def test_loss_metrics_and_gradients_equal_trl(base, smol_model_dir, name, tmp_path):
     from datasets import Dataset
