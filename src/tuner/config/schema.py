@@ -185,10 +185,6 @@ class DatasetConfig(Block):
         default=None, description="The share of this dataset's rows to train on (0 < weight <= 1): a seeded random "
         "subset of that many rows, as Axolotl's `weight`; counted. Proportions of a mixture: mix_strategy."
     )
-    weight: Annotated[float, Field(gt=0, le=1)] | None = Field(
-        default=None, description="The share of this dataset's rows to train on (0 < weight <= 1): a seeded random "
-        "subset of that many rows, as Axolotl's `weight`; counted. Proportions of a mixture: mix_strategy."
-    )
     # chat_template only
     field_messages: str = Field(default="messages", description="chat_template: the column holding the messages.")
     message_property_mappings: dict[str, str] | None = Field(
@@ -456,10 +452,32 @@ class ModelBlock(Block):
     )
 
 
+class PretrainingDataset(Block):
+    """One entry of `pretraining_dataset` (Axolotl's keys): a corpus streamed, tokenized and packed
+    while training runs."""
+
+    path: str = Field(description="A local file (.jsonl/.json/.parquet/.csv/.txt), a folder of such shards, or a "
+                      "Hugging Face Hub dataset id.")
+    name: str | None = Field(default=None, description="Hub dataset configuration name.")
+    split: str = Field(default="train", description="Hub dataset split to stream.")
+    text_column: str = Field(default="text", description="The column holding each document's text.")
+    data_files: str | list[str] | None = Field(
+        default=None, description="Files (glob patterns) of `path` to stream: in a local folder, or in a Hub repo.")
+    skip: NonNegInt | None = Field(default=None, description="Rows to skip at the start of the corpus.")
+    type: Literal["pretrain"] | None = Field(default=None, description="Axolotl's `type: pretrain` (the only kind).")
+    trust_remote_code: bool = Field(default=False, description="Hub datasets with a loading script of their own.")
+
+
 class DataBlock(Block):
     """Which data to train on and how it becomes `input_ids` / `labels`."""
 
-    datasets: list[DatasetConfig] = Field(min_length=1, description="Training datasets.")
+    datasets: list[DatasetConfig] = Field(
+        default_factory=list, description="Training datasets (required unless pretraining_dataset streams a corpus).")
+    pretraining_dataset: list[PretrainingDataset] | None = Field(
+        default=None, description="A corpus streamed through datasets' streaming mode, tokenized on the fly and "
+        "packed into full sequence_len rows, for continued pre-training (Axolotl's key; needs max_steps). The "
+        "stream position is checkpointed: a resumed run continues on the same tokens."
+    )
     dataset_prepared_path: str = Field(
         default="last_run_prepared",
         description="Folder for prepared (tokenized) datasets, one subfolder per fingerprint.",
@@ -514,19 +532,6 @@ class DataBlock(Block):
     )
     pad_to_multiple_of: PositiveInt | None = Field(
         default=None, description="Round each batch's padded length up to a multiple of this."
-    )
-    shuffle_merged_datasets: bool = Field(
-        default=True, description="Shuffle the training rows each epoch (seed + epoch); false: train them in the "
-        "order of `datasets` (and of each file), packing bins in that order too."
-    )
-    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
-        default="concat", description="How `datasets` are merged (LLaMA-Factory's): concat (all rows of each), "
-        "interleave_under (rows drawn from the datasets in proportion to interleave_probs until one runs out) or "
-        "interleave_over (until every dataset has been used once; the smaller ones repeat)."
-    )
-    interleave_probs: list[Annotated[float, Field(ge=0, le=1)]] | None = Field(
-        default=None, description="With mix_strategy: interleave_*: the probability of each dataset (one per entry "
-        "of `datasets`, summing to 1; default: equal). LLaMA-Factory's \"0.7,0.3\" is read too."
     )
     shuffle_merged_datasets: bool = Field(
         default=True, description="Shuffle the training rows each epoch (seed + epoch); false: train them in the "
@@ -997,7 +1002,7 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
         *_dataset_problems(cfg.data),
         *_split_problems(cfg),
         *_mixture_problems(cfg.data),
-        *_mixture_problems(cfg.data),
+        *_stream_problems(cfg),
         *_preference_problems(cfg),
         *_head_problems(cfg),
     ]
@@ -1212,26 +1217,35 @@ def _mixture_problems(d: DataBlock) -> list[Problem]:
     return problems
 
 
-def _mixture_problems(d: DataBlock) -> list[Problem]:
-    """weight (datasets only), mix_strategy and interleave_probs (one probability per dataset, summing to 1)."""
+def _stream_problems(cfg: TunerConfig) -> list[Problem]:
+    """`datasets` or `pretraining_dataset` (one corpus, with max_steps, supervised training, no
+    evaluation split yet)."""
+    d, t = cfg.data, cfg.training
+    streams = d.pretraining_dataset
+    if not streams:
+        if not d.datasets:
+            return [Problem(("datasets",), "required key is missing: the training data (a list of datasets), or "
+                                           "pretraining_dataset for a streamed corpus.")]
+        return []
     problems = []
-    for i, ds in enumerate(d.test_datasets or []):
-        if ds.weight is not None:
-            problems.append(Problem(("test_datasets", i, "weight"), "weight subsamples training data; evaluation "
-                                    "uses every row of test_datasets (remove weight here)."))
-    probs = d.interleave_probs
-    if probs is None:
-        return problems
-    if d.mix_strategy == "concat":
-        problems.append(Problem(("interleave_probs",), "interleave_probs are the proportions of an interleaved "
-                                "mixture, but mix_strategy is concat; set `mix_strategy: interleave_under` (or "
-                                "interleave_over) or remove interleave_probs."))
-    elif len(probs) != len(d.datasets):
-        problems.append(Problem(("interleave_probs",), f"{len(probs)} probabilities for {len(d.datasets)} datasets; "
-                                "give one per entry of `datasets`, in their order."))
-    elif abs(sum(probs) - 1) > 1e-6:
-        problems.append(Problem(("interleave_probs",), f"{', '.join(f'{p:g}' for p in probs)} sum to {sum(probs):g}; "
-                                "they are probabilities and must sum to 1."))
+    if d.datasets:
+        problems.append(Problem(("pretraining_dataset",), "datasets and pretraining_dataset are both set; a run "
+                                "trains on one of them (remove one)."))
+    if len(streams) > 1:
+        problems.append(Problem(("pretraining_dataset",), f"{len(streams)} corpora: streaming more than one "
+                                "(a mixture of streams) is not supported yet; put the shards in one folder."))
+    if t.max_steps is None:
+        problems.append(Problem(("max_steps",), "pretraining_dataset streams a corpus whose length is not known "
+                                "in advance: set max_steps (the run's length in optimizer steps)."))
+    if d.val_set_size:
+        problems.append(Problem(("val_set_size",), "evaluation rows held out of a streamed corpus: not supported "
+                                "yet; remove val_set_size."))
+    if d.test_datasets:
+        problems.append(Problem(("test_datasets",), "evaluation during a pretraining_dataset run: not supported "
+                                "yet; remove test_datasets."))
+    if cfg.preference.rl is not None:
+        problems.append(Problem(("pretraining_dataset",), f"a streamed corpus trains a causal LM on every token; "
+                                f"rl: {cfg.preference.rl} trains on preference datasets."))
     return problems
 
 

@@ -367,6 +367,9 @@ def prepare(cfg: TunerConfig, tokenizer: Any, tokenizer_files: list[Path]) -> Pr
     the tokenizer saved with the trained model.
     """
     d = cfg.data
+    if d.pretraining_dataset:
+        raise UserError("pretraining_dataset: the corpus is streamed, tokenized and packed while `tuner train` runs; "
+                        "there are no prepared rows to make or show")
     template = templates.resolve(d, tokenizer)
     enc = Encoder(tokenizer, template, TokenizeSettings(d.sequence_len, d.excess_length_strategy, d.train_on_inputs,
                                                         d.min_sample_len),

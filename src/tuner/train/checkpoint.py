@@ -5,6 +5,7 @@ Checkpoint layout (`output_dir/checkpoints/step-000040/`):
     optimizer.safetensors   optimizer state tensors        + optimizer.json (the rest)
     scheduler.json          learning-rate schedule state
     rng-<rank>.safetensors  torch RNG states               + rng-<rank>.json (python, numpy)
+    data-<rank>.json        a streamed corpus: each process's position in it (tuner.data.stream)
     checkpoint.json         step, epoch, counters, run settings; written last
 
 Nothing in a checkpoint needs pickle: tensors are safetensors, everything else JSON. A
@@ -247,7 +248,7 @@ def trainable_state(model: Any) -> dict[str, Any]:
 
 def save_checkpoint(
     out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainerState, rank: int = 0,
-    keep: int | None = None, barrier: Callable[[], Any] | None = None,
+    keep: int | None = None, barrier: Callable[[], Any] | None = None, data_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint atomically; keep only the newest `keep` ones.
 
@@ -268,6 +269,8 @@ def save_checkpoint(
         rng_tensors, rng_plain = _rng_states()
         save_file(rng_tensors, str(staging / f"rng-{rank}.safetensors"))
         (staging / f"rng-{rank}.json").write_text(json.dumps(rng_plain))
+        if data_state is not None:
+            (staging / f"data-{rank}.json").write_text(json.dumps(data_state))
         wait()
         if rank == 0:
             save_file(trainable_state(model), str(staging / "trainable.safetensors"))
@@ -330,6 +333,29 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any, rank
     scheduler.load_state_dict(sched)
     _set_rng_states(rng_tensors, rng_plain)
     return state
+
+
+def stream_position(batches: Any) -> dict[str, Any] | None:
+    """Where a streamed batches source (tuner.data.stream.StreamBatches) stands; None for prepared
+    rows, whose position the step alone gives."""
+    state_dict = getattr(batches, "state_dict", None)
+    return state_dict() if state_dict is not None else None
+
+
+def restore_stream_position(batches: Any, path: Path, rank: int, rows_done: int) -> None:
+    """Put a streamed batches source back where checkpoint `path` left it (nothing to do for
+    prepared rows); its rows served must be those of the steps done."""
+    if getattr(batches, "load_state_dict", None) is None:
+        return
+    try:
+        state = json.loads((path / f"data-{rank}.json").read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"resume_from_checkpoint: {path} has no readable stream position for process {rank} "
+                        f"({type(err).__name__}); it was not saved by a pretraining_dataset run") from None
+    if state.get("rows_served") != rows_done:
+        raise UserError(f"resume_from_checkpoint: {path}'s stream position is after {state.get('rows_served')} rows, "
+                        f"but its step means {rows_done}; the checkpoint is inconsistent")
+    batches.load_state_dict(state)
 
 
 # --------------------------------------------------------------------------- final save

@@ -17,12 +17,13 @@ import torch
 
 from tuner.config.schema import TunerConfig
 from tuner.data.pipeline import PreparedData, prepare
+from tuner.data.stream import StreamData, stream_data
 from tuner.errors import UserError
 from tuner.models.adapter import apply_adapter
 from tuner.models.inputs import Inputs, load_inputs
 from tuner.models.heads import Head, checkpoint_labels, parts
 from tuner.models.load import bnb_config, decoder_layers, load_model, model_config, stored_dtype
-from tuner.train.checkpoint import TrainerState, load_checkpoint, prepare_output_dir
+from tuner.train.checkpoint import TrainerState, load_checkpoint, prepare_output_dir, restore_stream_position
 from tuner.train.distributed import accelerator_kwargs, check_world_size
 from tuner.train.loss import selective_recompute, uses_selective_recompute
 from tuner.train.objectives import Objective, objective_for
@@ -109,6 +110,8 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
     if resume_from is not None:
         state.continue_from(load_checkpoint(resume_from, model, optimizer, scheduler, accelerator.process_index),
                             resume_from)
+        restore_stream_position(train_batches, resume_from, accelerator.process_index, state.step * t.micro_batch_size
+                                * t.gradient_accumulation_steps)
         if accelerator.is_main_process:
             log.info("resuming from %s at step %d of %d", resume_from, state.step, plan.total_steps)
 
@@ -128,9 +131,15 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
     return run
 
 
-def prepare_data(cfg: TunerConfig, inputs: Inputs, accelerator: Any) -> PreparedData:
+def prepare_data(cfg: TunerConfig, inputs: Inputs, accelerator: Any) -> PreparedData | StreamData:
     """The prepared rows (labels built here, once). The main process prepares; the others then
-    read the cache."""
+    read the cache. A `pretraining_dataset` is streamed instead: each process opens its own part."""
+    if cfg.data.pretraining_dataset:
+        stream = stream_data(cfg, inputs.tokenizer, inputs.tokenizer_files, accelerator.process_index,
+                             accelerator.num_processes)
+        if accelerator.is_main_process:
+            log.info(stream.summary())
+        return stream
     with accelerator.main_process_first():
         data = prepare(cfg, inputs.tokenizer, inputs.tokenizer_files)
     if data.chat_template is not None:

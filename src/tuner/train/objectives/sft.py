@@ -14,6 +14,7 @@ import torch
 
 from tuner.config.schema import TunerConfig
 from tuner.data.pack import Batches
+from tuner.data.stream import StreamBatches, TokenStream
 from tuner.train.loss import CausalLMLoss, trained_token_count
 from tuner.train.objectives.base import combined_loss
 
@@ -25,7 +26,9 @@ class SFT:
     sum_names = ("loss",)
     loss_terms = {"loss": "trained_tokens"}
 
-    def batches(self, rows: Any, cfg: TunerConfig, pad_token_id: int, evaluation: bool) -> Batches:
+    def batches(self, rows: Any, cfg: TunerConfig, pad_token_id: int, evaluation: bool) -> Batches | StreamBatches:
+        if isinstance(rows, TokenStream):  # pretraining_dataset: packed rows as the corpus streams
+            return StreamBatches.of(rows, cfg, pad_token_id)
         d = cfg.data
         packing = d.sample_packing
         if evaluation and d.eval_sample_packing is not None:
