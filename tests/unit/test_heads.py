@@ -231,3 +231,23 @@ def test_prepared_classification_rows(tmp_path, smol_tokenizer):
     prepared = prepare(cfg, smol_tokenizer, [])
     assert prepared.train.num_rows == 6 and prepared.train["label"][:2] == ['"a"', '"b"']
     assert prepared.stats["sources"][0]["too_long"] == 1
+
+
+def test_head_class_follows_model_type_objective_and_architectures(tmp_path):
+    from types import SimpleNamespace
+
+    from tuner.errors import UserError
+    from tuner.models.heads import head_class
+
+    m = make_config(tmp_path, **base_values(tmp_path)).model
+    causal = SimpleNamespace(architectures=["LlamaForCausalLM"], model_type="llama")
+    saved = SimpleNamespace(architectures=["LlamaForSequenceClassification"], model_type="llama")
+    name, why = head_class(m, "classification", causal)
+    assert name == "AutoModelForSequenceClassification" and "the score head is new" in why
+    name, why = head_class(m, "reward", saved)
+    assert name == "AutoModelForSequenceClassification" and "its trained head is loaded" in why
+    assert head_class(m, "sft", causal)[0] == "AutoModelForCausalLM"
+    with pytest.raises(UserError, match="sequence-classification head; supervised fine-tuning trains a causal-LM head"):
+        head_class(m, "sft", saved)
+    typed = make_config(tmp_path, **base_values(tmp_path, model_type="LlamaForSequenceClassification")).model
+    assert head_class(typed, "classification", causal)[0] == "LlamaForSequenceClassification"
