@@ -183,12 +183,6 @@ UNSUPPORTED: dict[str, str] = {
     "sample_packing_seq_len_multiplier": "sample_packing_seq_len_multiplier (a retired Axolotl key; use sequence_len)",
     "llmcompressor": "sparse fine-tuning with llmcompressor",
     "llama4_linearized_experts": "Llama 4 linearized experts",
-    # Not read as the model's Hugging Face tokenizer: for Mistral repositories (model_type mistral, mistral3,
-    # ministral, voxtral, pixtral) saved before transformers 5, transformers itself warns that the tokenizer.json's
-    # pre-tokenizer regex "will lead to incorrect tokenization" (fix_mistral_regex), and mistral-common builds
-    # chat prompts in code, not with the repository's Jinja template; there is no proof here that they agree.
-    "tokenizer_use_mistral_common": "Mistral's mistral-common tokenizer (not shown to tokenize as the models' Hugging "
-                                    "Face tokenizer does)",
     "neftune_noise_alpha": "NEFTune noisy embeddings", "noisy_embedding_alpha": "NEFTune noisy embeddings",
     "use_eaft": "EAFT", "use_onebitllms": "1-bit LLM training (onebitllms)",
     "peft": "peft options beyond LoRA's (e.g. LoftQ initialisation)", "reinit_weights": "re-initialised weights",
@@ -247,7 +241,7 @@ def translate(data: dict[str, Any], lines: dict[KeyPath, Any]) -> list[Remark]:
     remarks: list[Remark] = []
     for step in (_attention_flags, _attention_backend, _precision_aliases, _batch_size, _fsdp, _resume,
                  _strategies, _optimizer_aliases, _plugins, _legacy_values, _preference_aliases, _deepspeed_file,
-                 _aliases, _empty_adapter, _tables):
+                 _aliases, _empty_adapter, _mistral_common, _tables):
         remarks += step(data, lines)
     return remarks
 
@@ -607,6 +601,60 @@ def _empty_adapter(data: dict, lines: dict) -> list[Remark]:
         return []
     return [Remark(("adapter",), "not applied", f"`adapter:` is empty, so this is full fine-tuning (as in Axolotl); "
                                                f"not applied: {', '.join(unused)}")]
+
+
+MISTRAL_INSTALL = "pip install 'tuner[mistral]'"
+_MISTRAL = "tokenizer_use_mistral_common: true"
+
+
+def _mistral_common(data: dict, lines: dict) -> list[Remark]:
+    """`tokenizer_use_mistral_common: true` (tuner.data.mistral_common): mistral-common encodes conversations
+    itself, with a vocabulary that cannot grow, so a Jinja template, added tokens or another tokenizer class
+    cannot apply and are refused; `eot_tokens` is not applied (every assistant turn ends with the EOS)."""
+    if data.get("tokenizer_use_mistral_common") is not True:
+        return []
+    from tuner.config.dataset_types import FALLBACK_PREFIX
+
+    out = []
+    no_template = (f"with {_MISTRAL}, mistral-common encodes conversations itself (no Jinja template); remove it, or "
+                   "set tokenizer_use_mistral_common: false to render with the model's Hugging Face tokenizer")
+
+    def templates(where: KeyPath, block: dict) -> None:
+        name = block.get("chat_template")
+        if not asks_nothing(name) and name != "tokenizer_default" and not str(name).startswith(FALLBACK_PREFIX):
+            out.append(Remark(where + ("chat_template",), "error", f"{_show(name)}: {no_template}"))
+        if not asks_nothing(block.get("chat_template_jinja")):
+            out.append(Remark(where + ("chat_template_jinja",), "error", f"a template of its own: {no_template}"))
+
+    templates((), data)
+    for key in ("datasets", "test_datasets"):
+        for i, ds in enumerate(data.get(key) or []):
+            if not isinstance(ds, dict):
+                continue
+            templates((key, i), ds)
+            kind = ds.get("type")
+            if isinstance(kind, str) and "chat_template" in kind and kind != "chat_template":
+                out.append(Remark((key, i, "type"), "error", unsupported(
+                    f"{kind} rows encoded by mistral-common ({_MISTRAL} encodes type chat_template conversations "
+                    "and the text types)", kind)))
+            eot, eos = ds.get("train_on_eot"), ds.get("train_on_eos", "turn")
+            if eot is not None and eot != eos:
+                out.append(Remark((key, i, "train_on_eot"), "error",
+                                  f"{_show(eot)}: with {_MISTRAL} the end of every assistant turn is the EOS, which "
+                                  f"train_on_eos ({eos}) decides; remove train_on_eot or make it equal"))
+    for key, why in (("special_tokens", "its vocabulary is fixed: mistral-common cannot add tokens"),
+                     ("tokens", "its vocabulary is fixed: mistral-common cannot add tokens"),
+                     ("tokenizer_type", "the tokenizer is mistral-common's, not a transformers class")):
+        if not asks_nothing(data.get(key)):
+            out.append(Remark((key,), "error", f"{_show(data[key])}: with {_MISTRAL}, {why}; remove {key}"))
+    if not asks_nothing(data.get("eot_tokens")):
+        data.pop("eot_tokens")
+        out.append(Remark(("eot_tokens",), "not applied", f"not applied: with {_MISTRAL}, every assistant turn ends "
+                                                          "with the EOS (</s>), and train_on_eos decides whether it trains"))
+    if importlib.util.find_spec("mistral_common") is None:
+        out.append(Remark(("tokenizer_use_mistral_common",), "warning",
+                          f"the mistral-common package is not installed here; preprocess and train need it: {MISTRAL_INSTALL}"))
+    return out
 
 
 BNB_KWARGS = {"bnb_4bit_use_double_quant": "bnb_4bit_use_double_quant", "bnb_4bit_quant_type": "bnb_4bit_quant_type"}

@@ -416,6 +416,12 @@ class ModelBlock(Block):
         description="`legacy=` for tokenizers that take it (Llama / T5-style sentencepiece ones): true adds a word-start "
         "marker after special tokens (the old behaviour). Default: the tokenizer's own setting.",
     )
+    tokenizer_use_mistral_common: bool = Field(
+        default=False,
+        description="Load the model's tekken.json / tokenizer.model.vN through mistral-common (Mistral's own "
+        "tokenizer; pip install 'tuner[mistral]'): chat_template datasets are encoded by mistral-common's request "
+        "encoder (no Jinja template), other types by its plain encode. As Axolotl's key.",
+    )
     revision_of_model: str | None = Field(
         default=None,
         description="The hub revision of base_model: a branch, tag or commit (a short commit too); offline, the "

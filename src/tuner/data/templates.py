@@ -22,6 +22,7 @@ from typing import Any
 
 from tuner.config.dataset_types import FALLBACK_PREFIX, NAMED_TEMPLATES, TEMPLATE_ALIASES
 from tuner.config.schema import DataBlock, DatasetConfig
+from tuner.data import mistral_common
 from tuner.data.formats import get_format
 from tuner.errors import UserError
 
@@ -90,7 +91,10 @@ def for_dataset(ds: DatasetConfig, default: str | None, tokenizer: Any) -> str |
 
 
 def resolve(data: DataBlock, tokenizer: Any) -> str | None:
-    """The top-level template text (None when no dataset needs one and none is set)."""
+    """The top-level template text (None when no dataset needs one and none is set, and with
+    mistral-common's tokenizer, which encodes conversations itself)."""
+    if mistral_common.is_mistral(tokenizer):
+        return None
     chats = [ds for ds in _entries(data) if get_format(ds).chat]
     needed = any(not ds.chat_template and not ds.chat_template_jinja for ds in chats)
     if data.chat_template_jinja:

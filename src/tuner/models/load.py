@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tuner import hub
 from tuner.config.schema import AdapterBlock, ModelBlock
+from tuner.data import mistral_common
 from tuner.errors import UserError
 from tuner.fsutil import atomic_folder
 from tuner.models import heads, resolve
@@ -143,7 +144,7 @@ def hub_snapshot(repo_id: str, model: ModelBlock, weights: bool = True) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HFValidationError
 
-    patterns = ["*.json", "*.model", "*.txt", "*.jinja", "*.tiktoken"] + (["*.safetensors"] if weights else [])
+    patterns = ["*.json", "*.model", "tokenizer.model.v*", "*.txt", "*.jinja", "*.tiktoken"] + (["*.safetensors"] if weights else [])
     if model.trust_remote_code:
         patterns.append("*.py")
     offline = hub.offline()
@@ -249,6 +250,8 @@ def tokenizer_path(model: ModelBlock, base: BaseModelSource) -> Path:
 def tokenizer_files(model: ModelBlock, base: BaseModelSource) -> list[Path]:
     """The files that decide tokenization (hashed into the data fingerprint)."""
     folder = tokenizer_path(model, base)
+    if model.tokenizer_use_mistral_common:  # the one file mistral-common reads (tekken.json, tokenizer.model.vN)
+        return [mistral_common.tokenizer_file(folder)]
     if folder.is_file():
         return [folder]
     return [folder / name for name in TOKENIZER_FILES if (folder / name).is_file()]
@@ -291,6 +294,8 @@ def load_tokenizer_and_new_ids(model: ModelBlock, base: BaseModelSource) -> tupl
     names a class, the result is compared on probe strings with AutoTokenizer's.
     """
     path = tokenizer_path(model, base)
+    if model.tokenizer_use_mistral_common:  # validation refused added tokens and tokenizer_type with it
+        return mistral_common.load(path), []
     cls = resolve.tokenizer_class(model)
     key = "tokenizer_type" if model.tokenizer_type else "base_model"
     tokenizer = _from_pretrained(cls, path, model, key)

@@ -30,6 +30,8 @@ How the trained tokens are found
   Templates with `{% generation %}` markers use the markers instead (when only the
   assistant role trains, no message overrides it, and no reasoning or `eot_tokens` is
   involved): transformers' assistant mask decides.
+  With `tokenizer_use_mistral_common: true` there is no Jinja template: mistral-common encodes
+  each conversation itself, and its turns are located as tuner.data.mistral_common describes.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from typing import Any
 from tuner.config.dataset_types import default_roles
 from tuner.config.schema import DatasetConfig
 from tuner.data.formats.base import DatasetFormat, EncodeContext, EncodeResult, FieldError, register
+from tuner.data import mistral_common
 from tuner.data.labels import IGNORE
 from tuner.errors import UserError
 
@@ -344,7 +347,10 @@ class ChatTemplate(DatasetFormat):
     def encode_many(self, rows: list[dict[str, Any]], ds: DatasetConfig | None, ctx: EncodeContext) -> list[EncodeResult]:
         """Renders and locates row by row, then tokenizes all renderings in one batched call of
         the fast tokenizer (with offsets)."""
-        assert ds is not None and ctx.template is not None
+        assert ds is not None
+        if mistral_common.is_mistral(ctx.tokenizer):
+            return [_encode_mistral(row, ds, ctx) for row in rows]
+        assert ctx.template is not None
         template, tokenizer, field = ctx.template, ctx.tokenizer, ds.field_messages
         thinking_field = (ds.message_property_mappings or {}).get(ds.template_thinking_key, ds.field_thinking)
         results: list[EncodeResult] = []
@@ -381,6 +387,21 @@ class ChatTemplate(DatasetFormat):
                 labels[t] = ids[t]
             results[at] = (ids, labels)
         return results
+
+
+def _encode_mistral(row: dict[str, Any], ds: DatasetConfig, ctx: EncodeContext) -> EncodeResult:
+    """`tokenizer_use_mistral_common`: mistral-common encodes the conversation (tuner.data.mistral_common)."""
+    field = ds.field_messages
+    try:
+        msgs = messages(row, ds)
+    except FieldError as err:
+        return err
+    roles = trained_roles(ds)
+    turns = [mistral_common.Turn(m.role, m.content, m.thinking, is_trained(m, roles), m.where(field)) for m in msgs]
+    try:
+        return mistral_common.encode_chat(ctx.tokenizer, turns, ds.train_on_eos, ctx.train_on_inputs)
+    except mistral_common.TurnError as err:
+        return FieldError(err.where or field, str(err))
 
 
 def _content_labels(ids: list[int], starts: list[int], ends: list[int], ordered: bool,
