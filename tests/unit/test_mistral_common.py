@@ -231,3 +231,20 @@ def test_eot_tokens_are_reported_as_not_applied():
     cfg = validate("eot_tokens: [<end_of_turn>]\n")
     assert any(n.kind == "not applied" and "EOS" in str(n) for n in cfg.notices), cfg.notices
     assert not cfg.data.eot_tokens
+
+
+def test_axolotl_multi_content_messages(tokenizers):
+    """Axolotl's thinking examples write content as chunks: a text chunk alone reads as the string; a
+    thinking chunk goes to mistral-common as one (which this v7 tokenizer cannot encode: a named row error)."""
+    tok, ref = tokenizers["v7"]
+    plain = rows(CONVERSATIONS[0])
+    chunked = {"messages": [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]}
+                            for m in plain["messages"]]}
+    assert encode(tok, chunked) == encode(tok, plain)
+    thinking = {"messages": [chunked["messages"][0], {"role": "assistant", "content": [
+        {"type": "thinking", "thinking": "Capital cities..."}, {"type": "text", "text": "Paris."}]}]}
+    result = encode(tok, thinking)
+    assert isinstance(result, FieldError) and "mistral-common cannot encode it" in str(result) and "ThinkChunk" in str(result)
+    odd = {"messages": [chunked["messages"][0], {"role": "assistant", "content": [{"type": "image", "url": "x"}]}]}
+    result = encode(tok, odd)
+    assert isinstance(result, FieldError) and result.field == "messages[1].content" and "image" in str(result)

@@ -393,7 +393,7 @@ def _encode_mistral(row: dict[str, Any], ds: DatasetConfig, ctx: EncodeContext) 
     """`tokenizer_use_mistral_common`: mistral-common encodes the conversation (tuner.data.mistral_common)."""
     field = ds.field_messages
     try:
-        msgs = messages(row, ds)
+        msgs = messages(_from_chunks(row, ds), ds)
     except FieldError as err:
         return err
     roles = trained_roles(ds)
@@ -402,6 +402,37 @@ def _encode_mistral(row: dict[str, Any], ds: DatasetConfig, ctx: EncodeContext) 
         return mistral_common.encode_chat(ctx.tokenizer, turns, ds.train_on_eos, ctx.train_on_inputs)
     except mistral_common.TurnError as err:
         return FieldError(err.where or field, str(err))
+
+
+def _from_chunks(row: dict[str, Any], ds: DatasetConfig) -> dict[str, Any]:
+    """Axolotl's multi-content messages (`content: [{type: thinking, thinking: ...}, {type: text, text: ...}]`,
+    as its Magistral / Ministral thinking examples write them) as a content string and the message's
+    reasoning, which mistral-common encodes as a thinking chunk before the text. Raises FieldError."""
+    raw = row.get(ds.field_messages)
+    if not isinstance(raw, list) or not any(isinstance(m, dict) and isinstance(m.get("content"), list) for m in raw):
+        return row
+    keys = {"content": "content", **(ds.message_property_mappings or {})}
+    thinking_key = keys.get(ds.template_thinking_key, ds.field_thinking)
+    out = []
+    for i, msg in enumerate(raw):
+        chunks = msg.get(keys["content"]) if isinstance(msg, dict) else None
+        if not isinstance(chunks, list):
+            out.append(msg)
+            continue
+        where = f"{ds.field_messages}[{i}].{keys['content']}"
+        kinds = [c.get("type") if isinstance(c, dict) else None for c in chunks]
+        if kinds not in (["text"], ["thinking"], ["thinking", "text"]):
+            raise FieldError(where, f"has content chunks of types {kinds}; tuner reads one text chunk, after one "
+                                    "thinking chunk or alone")
+        texts = [c.get("text") for c in chunks if c["type"] == "text"]
+        if not all(isinstance(t, str) for t in texts) or any(not isinstance(c.get("thinking"), str)
+                                                              for c in chunks if c["type"] == "thinking"):
+            raise FieldError(where, "has a chunk without its text (text chunks: text, thinking chunks: thinking)")
+        msg = {**msg, keys["content"]: "".join(texts)}
+        if kinds and kinds[0] == "thinking":
+            msg[thinking_key] = chunks[0]["thinking"]
+        out.append(msg)
+    return {**row, ds.field_messages: out}
 
 
 def _content_labels(ids: list[int], starts: list[int], ends: list[int], ordered: bool,
