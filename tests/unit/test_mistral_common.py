@@ -248,3 +248,27 @@ def test_axolotl_multi_content_messages(tokenizers):
     odd = {"messages": [chunked["messages"][0], {"role": "assistant", "content": [{"type": "image", "url": "x"}]}]}
     result = encode(tok, odd)
     assert isinstance(result, FieldError) and result.field == "messages[1].content" and "image" in str(result)
+
+
+def test_the_hugging_face_tokenizer_stays_unless_asked(tmp_path, smol_tokenizer_dir):
+    """With mistral-common installed, transformers' AutoTokenizer picks it by itself for a Mistral folder
+    holding a tekken.json; tuner loads the folder's Hugging Face tokenizer unless the key is true."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from tuner.config.schema import ModelBlock
+    from tuner.models.load import BaseModelSource, load_tokenizer_and_new_ids, tokenizer_files
+
+    folder = tmp_path / "model"
+    shutil.copytree(smol_tokenizer_dir, folder)
+    (folder / "tekken.json").symlink_to(WHEEL / TEKKEN)
+    (folder / "config.json").write_text('{"model_type": "mistral"}')
+    assert mc.is_mistral(AutoTokenizer.from_pretrained(str(folder)))  # transformers' own choice
+    base = BaseModelSource(folder, str(folder), "folder")
+    hf, _ = load_tokenizer_and_new_ids(ModelBlock(base_model=str(folder)), base)
+    assert not mc.is_mistral(hf) and hf("Hello")["input_ids"] == AutoTokenizer.from_pretrained(
+        str(smol_tokenizer_dir))("Hello")["input_ids"]
+    assert (folder / "tekken.json") not in tokenizer_files(ModelBlock(base_model=str(folder)), base)
+    asked = ModelBlock(base_model=str(folder), tokenizer_use_mistral_common=True)
+    assert tokenizer_files(asked, base) == [folder / "tekken.json"]

@@ -261,6 +261,9 @@ def _from_pretrained(cls: Any, path: Path, model: ModelBlock, what: str) -> PreT
     kwargs: dict[str, Any] = {"trust_remote_code": model.trust_remote_code}
     if cls.__name__ == resolve.AUTO_TOKENIZER:
         kwargs["use_fast"] = model.tokenizer_use_fast
+        # With mistral-common installed, AutoTokenizer would pick it by itself for a Mistral folder with a
+        # tekken.json; tuner does so only when asked (tokenizer_use_mistral_common: true loads it above).
+        kwargs["mistral_format"] = False
     try:
         tokenizer = cls.from_pretrained(str(path), **kwargs)
         legacy = model.tokenizer_legacy
