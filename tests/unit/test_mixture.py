@@ -118,6 +118,7 @@ def test_evaluation_rows_that_are_training_rows_are_dropped_and_counted(tmp_path
                  test_datasets=[{"path": str(evaluation), "type": "completion"}])
     prepared = prepare(cfg, smol_tokenizer, [])
     assert prepared.eval.num_rows == 1 and prepared.eval_stats["also_in_train"] == 2
+    assert prepared.eval_stats["rows"] == 1 and prepared.eval_stats["tokens"] == len(prepared.eval[0]["input_ids"])
     assert "2 rows that are also training rows dropped" in prepared.summary()
 
 

@@ -169,3 +169,24 @@ def test_preprocess_and_inspect_say_a_stream_has_no_prepared_rows(tmp_path, corp
 
     with pytest.raises(UserError, match="streamed, tokenized and packed while `tuner train` runs"):
         prepare(cfg_of(tmp_path, {"path": str(corpus)}), smol_tokenizer, [])
+
+
+def test_prepared_data_keys_a_stream_does_not_use_are_reported(tmp_path, corpus):
+    cfg = cfg_of(tmp_path, {"path": str(corpus)}, sample_packing=False, shuffle_merged_datasets=True,
+                 excess_length_strategy="truncate", train_on_inputs=True)
+    reported = {n.key.split(" ")[0]: n.message for n in cfg.notices if n.kind == "not applied"}
+    assert reported["sample_packing"].endswith("always packed into full sequence_len rows")
+    assert "read in its order" in reported["shuffle_merged_datasets"]
+    assert "continues in the next row" in reported["excess_length_strategy"]
+    assert "train_on_inputs" not in reported  # true is what a stream does
+    quiet = cfg_of(tmp_path, {"path": str(corpus)}, sample_packing=True)
+    assert not [n for n in quiet.notices if n.kind == "not applied"]
+
+
+def test_inspect_shows_the_first_packed_rows_of_a_stream(tmp_path, corpus, smol_tokenizer):
+    from tuner.data.inspect import stream_report
+
+    text = stream_report(cfg_of(tmp_path, {"path": str(corpus)}), smol_tokenizer, 2, colour=False)
+    assert "--- row 1: 24 tokens in" in text and "--- row 2: 24 tokens in" in text
+    assert "\nsh|[ard]|[ ]|[0]|[ document]" in text  # a document's first token untrained, the rest [bracketed]
+    assert "pretraining_dataset: streaming" in text

@@ -440,7 +440,28 @@ def _after(cfg: TunerConfig) -> list[compat.Remark]:
             if ds.revision is not None and looks_local(ds.path):
                 out.append(compat.Remark((key, i, "revision"), "not applied",
                                          "not applied: a local path has no hub revisions"))
-    return out
+    return out + _stream_remarks(d)
+
+
+# With pretraining_dataset: keys of the prepared-data path that a streamed corpus does not use
+# (key -> (does the value ask for something, what tuner does instead)).
+_STREAM_UNUSED = {
+    "sample_packing": (lambda v: v is False, "a streamed corpus is always packed into full sequence_len rows"),
+    "shuffle_merged_datasets": (lambda v: v is True, "a streamed corpus is read in its order (shards and rows as "
+                                                     "stored; no shuffle buffer)"),
+    "train_on_inputs": (lambda v: v is False, "every token of a streamed corpus trains"),
+    "excess_length_strategy": (lambda v: True, "a streamed document longer than a row continues in the next row"),
+    "min_sample_len": (lambda v: True, "a streamed corpus is not filtered"),
+    "dataset_exact_deduplication": (lambda v: bool(v), "a streamed corpus is not deduplicated"),
+}
+
+
+def _stream_remarks(d: Any) -> list[compat.Remark]:
+    """Keys a pretraining_dataset run does not use, when their value asks for something."""
+    if not d.pretraining_dataset:
+        return []
+    return [compat.Remark((key,), "not applied", f"not applied: {why}") for key, (asks, why) in _STREAM_UNUSED.items()
+            if key in d.model_fields_set and asks(getattr(d, key))]
 
 
 def _schedule_remarks(t: Any) -> list[compat.Remark]:

@@ -178,3 +178,24 @@ def pair_report(prepared: PreparedData, tokenizer: Any, n_rows: int, colour: boo
     if prepared.eval is not None:
         out.append(f"  evaluation pairs: {prepared.eval.num_rows}")
     return out
+
+
+def stream_report(cfg: Any, tokenizer: Any, n_rows: int, colour: bool) -> str:
+    """`tuner inspect` on a `pretraining_dataset` config: the first packed rows as the stream makes
+    them (each document piece on its own line; a piece's first token is never trained), and the
+    rows and tokens the run will draw."""
+    from tuner.data.pack import packed_batch
+    from tuner.data.stream import stream_data
+
+    data = stream_data(cfg, tokenizer, [], 0, 1)
+    out = [data.summary()]
+    for i in range(n_rows):
+        row = data.train.next_row()
+        labels = packed_batch([row], tokenizer.pad_token_id)["labels"][0].tolist()
+        out.append(f"\n--- row {i + 1}: {sum(len(ids) for ids, _ in row)} tokens in {len(row)} document piece(s) "
+                   f"({'green' if colour else '[bracketed]'}: trained)")
+        at = 0
+        for ids, _ in row:
+            out.append(render_row(tokenizer, ids, labels[at:at + len(ids)], colour).split("\n")[0])
+            at += len(ids)
+    return "\n".join(out)

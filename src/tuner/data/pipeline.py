@@ -283,13 +283,20 @@ def _build(entries: list[tuple[DatasetConfig, RawSource, Dataset]], enc: Encoder
                 for s in sources
             )
         )
-    tokens = sum(int(sum(len(x) for x in rows[c])) for c in kind.token_columns)
-    numpy_rows = rows.with_format("numpy")
-    trained = sum(trained_count(np.asarray(lab)) for c in kind.label_columns for lab in numpy_rows[c])
-    stats = {"sources": sources, "rows": rows.num_rows, "tokens": tokens, "trained_tokens": trained}
+    stats = {"sources": sources, **_totals(rows, kind)}
     if mixed is not None:
         stats["mixture"] = mixed
     return rows, {**stats, "duplicates": duplicates} if deduplicate else stats
+
+
+def _totals(rows: Dataset, kind: RowKind) -> dict[str, int]:
+    """Rows, tokens and trained tokens of prepared rows."""
+    import numpy as np
+
+    tokens = sum(int(sum(len(x) for x in rows[c])) for c in kind.token_columns)
+    numpy_rows = rows.with_format("numpy")
+    trained = sum(trained_count(np.asarray(lab)) for c in kind.label_columns for lab in numpy_rows[c])
+    return {"rows": rows.num_rows, "tokens": tokens, "trained_tokens": trained}
 
 
 def split_eval(rows: Dataset, val_set_size: float, seed: int) -> tuple[Dataset, Dataset | None]:
@@ -381,7 +388,7 @@ def prepare(cfg: TunerConfig, tokenizer: Any, tokenizer_files: list[Path]) -> Pr
         evaluation, eval_stats, _, _ = _prepared(cfg, "test_datasets", d.test_datasets, enc, tokenizer_files)
         if d.dataset_exact_deduplication:  # evaluation rows that are training rows measure nothing new
             evaluation, seen = drop_seen(evaluation, rows)
-            eval_stats = {**eval_stats, "also_in_train": seen, "rows": evaluation.num_rows}
+            eval_stats = {**eval_stats, "also_in_train": seen, **_totals(evaluation, row_kind(cfg))}
             if evaluation.num_rows == 0:
                 raise UserError("test_datasets: every evaluation row is also a training row "
                                 "(dataset_exact_deduplication dropped them all)")
