@@ -272,3 +272,24 @@ def test_the_hugging_face_tokenizer_stays_unless_asked(tmp_path, smol_tokenizer_
     assert (folder / "tekken.json") not in tokenizer_files(ModelBlock(base_model=str(folder)), base)
     asked = ModelBlock(base_model=str(folder), tokenizer_use_mistral_common=True)
     assert tokenizer_files(asked, base) == [folder / "tekken.json"]
+
+
+def test_validate_warns_when_the_package_is_missing(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "mistral_common" else real(name, *a))
+    cfg = validate()
+    [warning] = [str(n) for n in cfg.notices if "mistral-common" in str(n)]
+    assert warning.startswith("tokenizer_use_mistral_common (line 2): ") and "pip install 'tuner[mistral]'" in warning
+
+
+def test_tokenizer_config_may_name_the_file(tmp_path):
+    from tuner.config.schema import ModelBlock
+    from tuner.models.load import BaseModelSource, load_tokenizer_and_new_ids, tokenizer_files
+
+    file = WHEEL / SPM["v3"]
+    model = ModelBlock(base_model=str(tmp_path), tokenizer_config=str(file), tokenizer_use_mistral_common=True)
+    base = BaseModelSource(tmp_path, str(tmp_path), "folder")
+    tok, _ = load_tokenizer_and_new_ids(model, base)
+    assert mc.version(tok) == "v3" and tokenizer_files(model, base) == [file]
