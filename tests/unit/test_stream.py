@@ -190,3 +190,10 @@ def test_inspect_shows_the_first_packed_rows_of_a_stream(tmp_path, corpus, smol_
     assert "--- row 1: 24 tokens in" in text and "--- row 2: 24 tokens in" in text
     assert "\nsh|[ard]|[ ]|[0]|[ document]" in text  # a document's first token untrained, the rest [bracketed]
     assert "pretraining_dataset: streaming" in text
+
+
+def test_hub_loading_scripts_are_refused_before_any_download(tmp_path, smol_tokenizer):
+    from tuner.errors import UserError
+
+    with pytest.raises(UserError, match="trust_remote_code: the installed datasets library runs no dataset loading"):
+        stream_of(tmp_path, smol_tokenizer, {"path": "someone/corpus", "trust_remote_code": True})

@@ -79,8 +79,11 @@ def open_stream(spec: PretrainingDataset, rank: int, world_size: int, where: str
             stream = load_dataset(_builder(files, where), data_files=[str(f) for f in files], split="train",
                                   streaming=True)
         else:
+            if spec.trust_remote_code:
+                raise UserError(f"{where}.trust_remote_code: the installed datasets library runs no dataset loading "
+                                "scripts; stream the dataset's data files (data_files) instead")
             stream = load_dataset(spec.path, name=spec.name, split=spec.split, data_files=spec.data_files,
-                                  streaming=True, trust_remote_code=spec.trust_remote_code or None)
+                                  streaming=True)
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - datasets raises many types
