@@ -376,7 +376,7 @@ def prepare(cfg: TunerConfig, tokenizer: Any, tokenizer_files: list[Path]) -> Pr
     d = cfg.data
     if d.pretraining_dataset:
         raise UserError("pretraining_dataset: the corpus is streamed, tokenized and packed while `tuner train` runs; "
-                        "there are no prepared rows to make or show")
+                        "there is nothing to prepare (`tuner inspect` shows its first packed rows)")
     template = templates.resolve(d, tokenizer)
     enc = Encoder(tokenizer, template, TokenizeSettings(d.sequence_len, d.excess_length_strategy, d.train_on_inputs,
                                                         d.min_sample_len),
