@@ -117,6 +117,10 @@ def test_reward_score_cli_merge_and_info(reward_run, capsys):
     config = write_config(tmp / "config.yml", **values)
     lines = run_cli(capsys, "score", str(config), "--input", str(rows))
     assert len(lines) == 7 and lines[-1].startswith("accuracy ") and "chosen" in lines[0]
+    # one conversation per row: its reward, the same number as the chosen side of the pair it came from
+    conversations = write_jsonl(tmp / "conversations.jsonl", [{"messages": [*p["messages"], p["chosen"]]} for p in pairs])
+    single = run_cli(capsys, "score", str(config), "--input", str(conversations))
+    assert [line.split("reward ")[1] for line in single] == [line.split("chosen ")[1].split()[0] for line in lines[:-1]]
 
     merged_dir = merge(out, tmp / "merged")
     merged = AutoModelForSequenceClassification.from_pretrained(str(merged_dir), dtype=torch.float32).eval()
