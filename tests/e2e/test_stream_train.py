@@ -75,6 +75,7 @@ def test_a_killed_stream_run_resumes_on_the_same_tokens(tmp_path, base, corpus):
     assert max(abs(a - b) for (_, a), (_, b) in zip(ours, theirs)) <= 1e-6
 
 
+@pytest.mark.slow  # two gloo processes (~40 s idle, 100 s under load): make test-slow
 def test_two_processes_stream_their_own_parts(tmp_path, base, corpus, smol_tokenizer):
     from tuner.config import load_config
     from tuner.data.stream import stream_data
