@@ -76,7 +76,7 @@ def test_unknown_dataset_key_names_the_path():
 
 
 def test_axolotl_key_not_supported_yet_differs_from_unknown():
-    lines = problems(BASE + "rl: grpo\n")
+    lines = problems(BASE + "rl: gdpo\n")
     assert "rl (line 7)" in lines[0]
     assert "Axolotl key tuner does not support yet" in lines[0]
     assert "unknown" not in lines[0]

@@ -76,9 +76,9 @@ def test_sft_only_keys_and_kto_batch_size(tmp_path):
     assert "rl: kto needs micro_batch_size 2 or more" in msg
 
 
-def test_online_rl_is_not_supported_yet(tmp_path):
-    assert "not supported yet: online RL (rl: grpo)" in refused(tmp_path, rl="grpo")
-    assert "not supported yet: online RL (GRPO) settings under trl: (num_generations)" in refused(
+def test_other_online_rl_is_not_supported_yet_and_grpo_keys_need_grpo(tmp_path):
+    assert "not supported yet: online RL (rl: gdpo)" in refused(tmp_path, rl="gdpo")
+    assert "trl.num_generations is a GRPO setting; it applies to rl: grpo, not to rl: dpo" in refused(
         tmp_path, trl={"num_generations": 4})
 
 

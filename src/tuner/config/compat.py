@@ -143,8 +143,8 @@ ALREADY: dict[str, tuple[Any, ...]] = {
 
 MULTIMODAL = "multimodal training (images, audio, processors)"
 PREFERENCE = "preference training (rl: dpo, ipo, orpo, kto, simpo)"
-RL_METHODS = ("dpo", "ipo", "simpo", "orpo", "kto")
-RL_CAPABILITIES = {"grpo": "online RL (rl: grpo)", "gdpo": "online RL (rl: gdpo)", "ebft": "Axolotl's EBFT trainer (rl: ebft)",
+RL_METHODS = ("dpo", "ipo", "simpo", "orpo", "kto", "grpo")
+RL_CAPABILITIES = {"gdpo": "online RL (rl: gdpo)", "ebft": "Axolotl's EBFT trainer (rl: ebft)",
                    "dpo_norm": "length-normalised DPO (rl: dpo_norm; TRL: dpo_loss_type [sigmoid_norm])"}
 UNSUPPORTED: dict[str, str] = {
     "processor_type": MULTIMODAL, "processor_kwargs": MULTIMODAL, "image_size": MULTIMODAL,
@@ -761,10 +761,52 @@ def _tables(data: dict, lines: dict) -> list[Remark]:
         what = RL_CAPABILITIES.get(rl, f"reinforcement learning (rl: {rl})")
         out.append(Remark(("rl",), "error", unsupported(what, rl)))
     trl = data.get("trl")
-    if isinstance(trl, dict) and (online := sorted(k for k in trl if k != "beta" and not asks_nothing(trl[k]))):
-        out.append(Remark(("trl", online[0]), "error", unsupported(f"online RL (GRPO) settings under trl: ({', '.join(online)})",
-                                                                   trl[online[0]])))
-        data["trl"] = {k: v for k, v in trl.items() if k == "beta"}
+    if isinstance(trl, dict):
+        out += _trl_keys(trl)
+    return out
+
+
+# Axolotl 0.19's `trl:` keys (utils/schemas/trl.py) that tuner's TRLBlock has no field for -> Axolotl's default
+# (a value equal to it asks for nothing) and the capability it would need.
+_VLLM = "generation with vLLM (GPU only; tuner generates with transformers)"
+_ASYNC = "Axolotl's asynchronous / streaming GRPO data producer"
+AXOLOTL_TRL_ONLY: dict[str, tuple[Any, str]] = {
+    "vllm_mode": (None, _VLLM), "vllm_server_host": ("0.0.0.0", _VLLM), "vllm_server_port": (8000, _VLLM),
+    "vllm_server_timeout": (None, _VLLM), "vllm_guided_decoding_regex": (None, _VLLM),
+    "vllm_enable_sleep_mode": (None, _VLLM), "vllm_importance_sampling_correction": (None, _VLLM),
+    "vllm_importance_sampling_mode": (None, _VLLM), "vllm_importance_sampling_cap": (None, _VLLM),
+    "vllm_importance_sampling_clip_min": (None, _VLLM), "vllm_importance_sampling_clip_max": (None, _VLLM),
+    "vllm_sync_interval": (None, _VLLM), "vllm_lora_sync": (False, _VLLM),
+    "generation_batch_size": (None, "a generation batch other than the optimizer step's (generation_batch_size)"),
+    "importance_sampling_level": ("token", "sequence-level importance sampling (GSPO)"),
+    "sync_ref_model": (False, "reference-model syncing (TR-DPO)"), "ref_model_mixup_alpha": (0.9, "reference-model syncing"),
+    "ref_model_sync_steps": (64, "reference-model syncing"),
+    "generation_kwargs": (None, "extra generation options (generation_kwargs)"),
+    "chat_template_kwargs": (None, "chat template options (chat_template_kwargs)"),
+    "use_liger_loss": (None, "Liger's fused GRPO loss"),
+    "entropy_coef": (None, "an entropy bonus"), "use_adaptive_entropy": (None, "an entropy bonus"),
+    "entropy_target": (None, "an entropy bonus"), "entropy_coef_delta": (None, "an entropy bonus"),
+    "entropy_coef_min": (None, "an entropy bonus"), "entropy_coef_max": (None, "an entropy bonus"),
+    "log_multimodal": (None, MULTIMODAL), "rollout_func": (None, "custom rollout functions (rollout_func)"),
+    "multi_objective_aggregation": ("sum_then_normalize", "per-reward normalisation (GDPO's normalize_then_sum)"),
+    "use_data_producer": (False, _ASYNC), "async_prefetch": (False, _ASYNC), "prefetch_depth": (None, _ASYNC),
+    "streaming_partial_batch": (None, _ASYNC), "streaming_min_groups": (None, _ASYNC),
+    "off_policy_mask_threshold": (None, "off-policy sequence masking"),
+    "reward_num_workers": (1, "parallel reward workers"), "replay_buffer_size": (0, "a replay buffer"),
+    "replay_recompute_logps": (True, "a replay buffer"), "reroll_start_fraction": (1.0, "re-rolling groups"),
+    "reroll_max_groups": (1, "re-rolling groups"), "skip_zero_advantage_batches": (True, "skipping zero-advantage batches"),
+}
+
+
+def _trl_keys(trl: dict) -> list[Remark]:
+    """Axolotl's `trl:` keys that tuner has no field for: refused as not supported yet unless they
+    ask for nothing (then dropped); keys Axolotl does not have stay, for the schema's did-you-mean."""
+    out = []
+    for key in [k for k in trl if k in AXOLOTL_TRL_ONLY]:
+        default, capability = AXOLOTL_TRL_ONLY[key]
+        value = trl.pop(key)
+        if not asks_nothing(value, default):
+            out.append(Remark(("trl", key), "error", unsupported(capability, value)))
     return out
 
 

@@ -72,12 +72,18 @@ KINDS += PREFERENCE_TYPES + tuple(f"kto:{name}" for name in KTO_TYPES) + ("user_
 # Reward models (`reward_model: true`) read the pair types above and Axolotl's Bradley-Terry type.
 REWARD_TYPES: tuple[str, ...] = ("bradley_terry.chat_template",)
 KINDS += REWARD_TYPES
+# Online RL (`rl: grpo`): prompts only. `type: chat_template` (or no type) reads each row's messages, ending in a
+# user turn, or its `prompt` string.
+GRPO_KIND = "grpo:prompts"
+KINDS += (GRPO_KIND,)
 
 
 def preference_kind(name: str | None, rl: str) -> str:
     """The format kind a dataset `type` reads as under `rl:` (KTO: the "kto:" forms). A mapping
     (`name` "user_defined") is the user-defined preference type; `chat_template` alone means
     chat_template.default, as in Axolotl's preference strategies."""
+    if rl == "grpo":  # prompts to sample from (tuner.data.formats.prompts); other names are refused by validation
+        return GRPO_KIND if name in (None, "chat_template") else name
     if name is None:
         return "pretokenized"
     if name == "user_defined":

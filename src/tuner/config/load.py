@@ -528,7 +528,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None, checks: Se
     raw = load_raw(path)
     if overrides:
         apply_overrides(raw, parse_overrides(overrides))
-    return validate_raw(raw, checks)
+    cfg = validate_raw(raw, checks)
+    cfg._config_dir = str(Path(path).resolve().parent)
+    return cfg
 
 
 def dump_config(cfg: TunerConfig) -> str:

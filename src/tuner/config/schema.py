@@ -330,6 +330,16 @@ class DatasetConfig(Block):
                                               "orpo, or kto for its unpaired form), or `reward_model: true` to train a "
                                               "reward model on its pairs.")]
         kind = self.kind
+        if self._rl == "grpo":
+            if kind != dataset_types.GRPO_KIND:
+                return [Problem(path + ("type",), f"{name!r} under rl: grpo: GRPO reads prompts only; write type: "
+                                                  "chat_template (messages ending in a user turn, field_messages) or "
+                                                  "leave type out (a `prompt` string or messages per row).")]
+            unused = sorted((set(PREFERENCE_DATASET_KEYS) | {"field_text", "roles_to_train", "train_on_eos",
+                                                            "train_on_eot", "message_field_training",
+                                                            "message_field_training_detail"}) & self.model_fields_set)
+            return [Problem(path + (k,), f"{k} does not apply under rl: grpo (prompts only; completions are sampled).")
+                    for k in unused]
         reward = self._rl == "reward"
         allowed = ({f"kto:{n}" for n in dataset_types.KTO_TYPES} | {"user_defined_unpaired"} if self._rl == "kto"
                    else set(dataset_types.PREFERENCE_TYPES) | {"user_defined_pairs"}
@@ -799,16 +809,60 @@ class AdapterBlock(Block):
     )
 
 
-RL_METHODS = ("dpo", "ipo", "simpo", "orpo", "kto")
+RL_METHODS = ("dpo", "ipo", "simpo", "orpo", "kto", "grpo")
 PAIRED_METHODS = ("dpo", "ipo", "simpo", "orpo")
+# TRL 1.16's GRPO loss aggregations that tuner trains (grpo_trainer._compute_loss)
+GRPO_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 
 class TRLBlock(Block):
-    """`trl:` settings as Axolotl writes them (only those tuner's objectives read)."""
+    """`trl:` settings as Axolotl writes them (only those tuner's objectives read). The GRPO keys
+    (rl: grpo) default to TRL 1.16's GRPOConfig values."""
 
-    beta: Annotated[float, Field(gt=0)] | None = Field(
-        default=None, description="The same as rl_beta (Axolotl accepts both; they must agree)."
+    beta: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="The same as rl_beta (Axolotl accepts both; they must agree). rl: grpo: the KL "
+        "coefficient (default 0.0, as TRL: no reference model is used)."
     )
+    num_generations: Annotated[int, Field(ge=2)] | None = Field(
+        default=None, description="rl: grpo: completions sampled per prompt, one group (default 8, as TRL). "
+        "micro_batch_size counts completions: micro_batch_size * gradient_accumulation_steps must be a multiple of it.")
+    max_completion_length: PositiveInt | None = Field(
+        default=None, description="rl: grpo: the most tokens a completion may have (default 512, as TRL).")
+    temperature: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="rl: grpo: sampling temperature (default 1.0); the training log-probs use it too, as TRL.")
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = Field(default=None, description="rl: grpo: nucleus sampling (default 1.0).")
+    top_k: Annotated[int, Field(ge=0)] | None = Field(default=None, description="rl: grpo: top-k sampling (default 0: off).")
+    min_p: Annotated[float, Field(ge=0, le=1)] | None = Field(default=None, description="rl: grpo: min-p sampling (default off).")
+    repetition_penalty: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="rl: grpo: generation's repetition penalty (default 1.0: none).")
+    epsilon: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="rl: grpo: the ratio's lower clipping bound is 1 - epsilon (default 0.2).")
+    epsilon_high: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="rl: grpo: the upper clipping bound is 1 + epsilon_high (default: epsilon; DAPO: 0.28).")
+    loss_type: str | None = Field(
+        default=None, description="rl: grpo: how token losses are aggregated: grpo, bnpo, dr_grpo or dapo (default "
+        "dapo, as TRL 1.16); normalised over the whole optimizer step.")
+    scale_rewards: bool | Literal["group", "batch", "none"] | None = Field(
+        default=None, description="rl: grpo: divide advantages by the rewards' standard deviation within each group "
+        "(group or true, the default), over the step's batch (batch), or not (none or false).")
+    num_iterations: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="rl: grpo: updates per generation batch (mu); only 1 is supported yet.")
+    mask_truncated_completions: bool = Field(
+        default=False, description="rl: grpo: completions cut at max_completion_length do not train (DAPO).")
+    use_bias_correction_kl: bool | None = Field(
+        default=None, description="rl: grpo: multiply the KL term by the (differentiable) ratio, TRL 1.16's default "
+        "(true): the unbiased reverse-KL gradient; false: the plain k3 gradient.")
+    reward_funcs: list[str] | None = Field(
+        default=None, description="rl: grpo: reward functions by dotted path (module.function), the user's own code, "
+        "found next to the config file or on PYTHONPATH: f(prompts, completions, **columns) -> list of numbers.")
+    reward_weights: list[float] | None = Field(
+        default=None, description="rl: grpo: one weight per reward function (default 1 each).")
+    log_completions: bool | None = Field(
+        default=None, description="rl: grpo: tuner always writes sampled completions to output_dir/samples.jsonl.")
+    num_completions_to_print: PositiveInt | None = Field(
+        default=None, description="rl: grpo: completions written to samples.jsonl per logging step (default 4).")
+    use_vllm: bool = Field(default=False, description="rl: grpo: generation with vLLM (not supported: tuner "
+                                                      "generates with transformers, KV cache on).")
 
 
 class PreferenceBlock(Block):
@@ -817,7 +871,8 @@ class PreferenceBlock(Block):
 
     rl: Literal[RL_METHODS] | None = Field(  # type: ignore[valid-type]
         default=None,
-        description="Train on preferences instead of SFT: dpo, ipo, simpo (CPO-SimPO), orpo or kto.",
+        description="Train on preferences instead of SFT: dpo, ipo, simpo (CPO-SimPO), orpo or kto; or online RL "
+        "with reward functions: grpo.",
     )
     rl_beta: Annotated[float, Field(gt=0)] | None = Field(
         default=None, description="beta: the strength of the preference (default 0.1; ORPO: orpo_alpha)."
@@ -860,7 +915,7 @@ class PreferenceBlock(Block):
         description="With excess_length_strategy: truncate, prompts are cut to their last max_prompt_len tokens "
         "first, then completions (default: half of sequence_len).",
     )
-    trl: TRLBlock | None = Field(default=None, description="Axolotl's `trl:` settings (beta).")
+    trl: TRLBlock | None = Field(default=None, description="Axolotl's `trl:` settings (beta; rl: grpo's keys).")
     center_rewards_coefficient: Annotated[float, Field(ge=0)] | None = Field(
         default=None,
         description="reward_model: the weight of TRL's centering term, coefficient * mean((r_chosen + r_rejected)^2), "
@@ -869,9 +924,11 @@ class PreferenceBlock(Block):
 
     @property
     def beta(self) -> float:
-        """The method's beta: rl_beta (or trl.beta); ORPO's is orpo_alpha; default 0.1."""
+        """The method's beta: rl_beta (or trl.beta); ORPO's is orpo_alpha; default 0.1 (GRPO: 0.0)."""
         if self.rl == "orpo" and self.orpo_alpha is not None:
             return self.orpo_alpha
+        if self.rl == "grpo" and self.rl_beta is None and (self.trl is None or self.trl.beta is None):
+            return 0.0  # TRL 1.16's GRPO default: no KL term, no reference
         if self.rl_beta is not None:
             return self.rl_beta
         if self.trl is not None and self.trl.beta is not None:
@@ -900,10 +957,16 @@ class TunerConfig(BaseModel):
     preference: PreferenceBlock = Field(default_factory=PreferenceBlock)
     # What validation accepted but reports: renamed keys, keys not applied, warnings (not part of the dump).
     _notices: tuple[Notice, ...] = PrivateAttr(default=())
+    # The folder of the config file (load_config sets it): where rl: grpo's reward modules are looked up first.
+    _config_dir: str | None = PrivateAttr(default=None)
 
     @property
     def notices(self) -> tuple[Notice, ...]:
         return self._notices
+
+    @property
+    def config_dir(self) -> str | None:
+        return self._config_dir
 
     @model_validator(mode="after")
     def _datasets_read_as_rl(self) -> TunerConfig:
@@ -945,7 +1008,7 @@ class TunerConfig(BaseModel):
         if name == "data":
             for key in ("datasets", "test_datasets"):
                 for entry, ds in zip(values.get(key) or [], getattr(self.data, key) or []):
-                    chat = ds.kind == "chat_template" or ds.kind.endswith("chat_template.default")
+                    chat = ds.kind in ("chat_template", dataset_types.GRPO_KIND) or ds.kind.endswith("chat_template.default")
                     for chat_key in CHAT_KEYS if not chat else ():
                         entry.pop(chat_key, None)
                     for pref_key in PREFERENCE_DATASET_KEYS if ds._rl is None else ():
@@ -1010,6 +1073,7 @@ def check_rules(cfg: TunerConfig) -> list[Problem]:
         *_mixture_problems(cfg.data),
         *_stream_problems(cfg),
         *_preference_problems(cfg),
+        *_grpo_problems(cfg),
         *_head_problems(cfg),
     ]
 
@@ -1326,6 +1390,72 @@ def _preference_problems(cfg: TunerConfig) -> list[Problem]:
         problems.append(Problem(("micro_batch_size",), "rl: kto needs micro_batch_size 2 or more: each example's KL "
                                                        "term pairs its prompt with another example's completion in the "
                                                        "same micro-batch (as TRL)."))
+    return problems
+
+
+# TRL 1.16 GRPO loss types tuner does not train yet
+OTHER_GRPO_LOSS_TYPES = ("cispo", "sapo", "luspo", "vespo")
+GRPO_KEYS = ("num_generations", "max_completion_length", "temperature", "top_p", "top_k", "min_p",
+             "repetition_penalty", "epsilon", "epsilon_high", "loss_type", "scale_rewards", "num_iterations",
+             "mask_truncated_completions", "use_bias_correction_kl", "reward_funcs", "reward_weights", "log_completions",
+             "num_completions_to_print", "use_vllm")
+
+
+def _grpo_problems(cfg: TunerConfig) -> list[Problem]:
+    """rl: grpo and its `trl:` keys (TRL 1.16's GRPOConfig names, as Axolotl writes them)."""
+    p, t, d = cfg.preference, cfg.training, cfg.data
+    trl = p.trl or TRLBlock()
+    set_keys = [k for k in GRPO_KEYS if getattr(trl, k) not in (None, False)]
+    if p.rl != "grpo":
+        problems = [Problem(("trl", k), f"trl.{k} is a GRPO setting; it applies to rl: grpo, not to "
+                                        f"{'rl: ' + p.rl if p.rl else 'supervised fine-tuning'}.") for k in set_keys]
+        if trl.beta == 0:
+            problems.append(Problem(("trl", "beta"), "trl.beta: 0 only means something to rl: grpo (no KL term); "
+                                                     f"{p.rl or 'this objective'} needs a beta above 0."))
+        return problems
+    problems = []
+    if trl.use_vllm:
+        problems.append(Problem(("trl", "use_vllm"), "use_vllm: true: generation with vLLM is not supported yet "
+                                                     "(it needs a CUDA GPU and a vLLM server or colocated engine); "
+                                                     "tuner generates with transformers (KV cache on). Set use_vllm: "
+                                                     "false or remove it."))
+    if trl.loss_type is not None and trl.loss_type not in GRPO_LOSS_TYPES:
+        if trl.loss_type in OTHER_GRPO_LOSS_TYPES:
+            problems.append(Problem(("trl", "loss_type"), f"loss_type {trl.loss_type!r}: not supported yet; tuner "
+                                                          f"trains {', '.join(GRPO_LOSS_TYPES)}."))
+        else:
+            problems.append(Problem(("trl", "loss_type"), f"{trl.loss_type!r} is not a GRPO loss type; allowed: "
+                                                          f"{', '.join(GRPO_LOSS_TYPES)}."
+                                                          f"{did_you_mean(trl.loss_type, GRPO_LOSS_TYPES)}"))
+    if trl.num_iterations is not None and trl.num_iterations > 1:
+        problems.append(Problem(("trl", "num_iterations"), f"num_iterations: {trl.num_iterations}: several updates "
+                                                           "per generation batch are not supported yet; use 1."))
+    if not trl.reward_funcs:
+        problems.append(Problem(("trl", "reward_funcs"), "rl: grpo needs reward functions: trl.reward_funcs: "
+                                                         "[module.function, ...] (your own Python, found next to the "
+                                                         "config file or on PYTHONPATH)."))
+    elif trl.reward_weights is not None and len(trl.reward_weights) != len(trl.reward_funcs):
+        problems.append(Problem(("trl", "reward_weights"), f"{len(trl.reward_weights)} weight(s) for "
+                                                           f"{len(trl.reward_funcs)} reward function(s); give one per "
+                                                           "function."))
+    for i, name in enumerate(trl.reward_funcs or []):
+        parts = name.split(".")
+        if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+            problems.append(Problem(("trl", "reward_funcs", i), f"{name!r} is not a dotted path module.function "
+                                                                "(e.g. rewards.format_reward); a reward model as a "
+                                                                "reward is not supported yet."))
+    generations = trl.num_generations or 8
+    per_step = t.micro_batch_size * t.gradient_accumulation_steps
+    if per_step % generations:
+        problems.append(Problem(("micro_batch_size",), f"rl: grpo: micro_batch_size counts completions; "
+                                                       f"micro_batch_size {t.micro_batch_size} x "
+                                                       f"gradient_accumulation_steps {t.gradient_accumulation_steps} "
+                                                       f"= {per_step} completions per step is not a multiple of "
+                                                       f"trl.num_generations {generations} (whole groups per step)."))
+    if d.test_datasets or d.val_set_size:
+        key = "test_datasets" if d.test_datasets else "val_set_size"
+        problems.append(Problem((key,), f"{key}: evaluation under rl: grpo (generating on held-out prompts) is not "
+                                        "supported yet; remove it (reward metrics are logged every logging step)."))
     return problems
 
 

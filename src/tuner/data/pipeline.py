@@ -21,6 +21,7 @@ from tuner.data.dedup import drop_seen, first_copies
 from tuner.data.formats import EncodeContext, FieldError, get_format
 from tuner.data.formats.classification import classified_row
 from tuner.data.formats.preference import pair_row, unpaired_row
+from tuner.data.formats.prompts import prompt_row
 from tuner.data.labels import trained_count
 from tuner.data.mixture import MixSettings, describe_mixture, mix
 from tuner.data.load import ROW, RawSource, load_hub, load_source, local_sources
@@ -140,7 +141,9 @@ CLASSIFIED = RowKind({"input_ids": "ids", "label": "str"}, (), ("input_ids",),
                      lambda encoded, enc: classified_row(encoded, enc.settings.sequence_len,
                                                          enc.settings.excess_length_strategy,
                                                          enc.settings.min_sample_len))
-ROW_KINDS = {"sequence": SEQUENCE, "pair": PAIR, "unpaired": UNPAIRED, "classified": CLASSIFIED}
+PROMPT = RowKind({"input_ids": "ids", "prompt": "str", "reward_columns": "str"}, (), ("input_ids",),
+                 lambda encoded, enc: prompt_row(encoded, enc.settings.sequence_len, enc.settings.excess_length_strategy))
+ROW_KINDS = {"sequence": SEQUENCE, "pair": PAIR, "unpaired": UNPAIRED, "classified": CLASSIFIED, "prompt": PROMPT}
 
 
 def row_kind(cfg: TunerConfig) -> RowKind:
@@ -148,6 +151,8 @@ def row_kind(cfg: TunerConfig) -> RowKind:
     objective = cfg.objective
     if objective == "classification":
         return CLASSIFIED
+    if objective == "grpo":
+        return PROMPT
     return SEQUENCE if objective == "sft" else UNPAIRED if objective == "kto" else PAIR
 
 
@@ -359,11 +364,11 @@ def check_row_kinds(cfg: TunerConfig) -> None:
         for i, ds in enumerate(getattr(cfg.data, key) or []):
             if ROW_KINDS[get_format(ds).rows] is not want:
                 what = {"sequence": "an SFT type", "pair": "a preference-pair type", "unpaired": "a KTO type",
-                    "classified": "a classification type"}
+                    "classified": "a classification type", "prompt": "a prompts type"}
                 raise UserError(
                     f"{key}[{i}].type: {ds.kind} is {what[get_format(ds).rows]}, but "
                     f"{OBJECTIVE_NAMES.get(cfg.objective, 'rl: ' + cfg.objective)} trains on "
-                    f"{ {SEQUENCE: 'SFT', PAIR: 'preference-pair', UNPAIRED: 'KTO', CLASSIFIED: 'classification'}[want] } rows"
+                    f"{ {SEQUENCE: 'SFT', PAIR: 'preference-pair', UNPAIRED: 'KTO', CLASSIFIED: 'classification', PROMPT: 'prompt'}[want] } rows"
                 )
 
 

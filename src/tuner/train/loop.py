@@ -20,6 +20,7 @@ from tuner.config.schema import TunerConfig
 from tuner.errors import UserError
 from tuner.train.checkpoint import checkpoint_dirs, save_checkpoint, save_final, stream_position
 from tuner.train.log import LogWindow, RunLog
+from tuner.train.objectives.base import Rollouts
 from tuner.train.report import describe, write_report
 from tuner.train.setup import Hooks, Run, setup
 from tuner.train.signals import Interrupted, StopSignal
@@ -87,6 +88,8 @@ def train_step(run: Run, units: list[list[int]], step: int) -> tuple[Totals, flo
     loss is not finite: `nan_policy`), the schedule. (totals, learning rate, grad norm)."""
     t, acc, state = run.cfg.training, run.accelerator, run.state
     batches = [run.train_batches.batch(u) for u in units]
+    if isinstance(run.objective, Rollouts):  # online RL: the step's prompts become its sampled micro-batches
+        batches = run.objective.rollout(run.module, batches, acc, step)
     totals = run.hooks.accumulate(run.module, batches, acc, run.objective)
     grad_norm = float(acc.clip_grad_norm_(run.module.parameters(), t.max_grad_norm)) if t.max_grad_norm else None
     lr = run.scheduler.get_last_lr()[0]

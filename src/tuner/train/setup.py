@@ -27,7 +27,7 @@ from tuner.train.checkpoint import TrainerState, load_checkpoint, prepare_output
 from tuner.train.distributed import accelerator_kwargs, check_world_size
 from tuner.train.loss import selective_recompute, uses_selective_recompute
 from tuner.train.objectives import Objective, objective_for
-from tuner.train.objectives.base import Units
+from tuner.train.objectives.base import Rollouts, Units
 from tuner.train.objectives.preference import precompute_reference
 from tuner.train.optim import build_optimizer, build_scheduler
 from tuner.train.precision import apply_tf32, compute_dtype, mixed_precision
@@ -103,7 +103,8 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
             data.eval = precompute_reference(cfg, model, data.eval, pad, accelerator)
     train_batches = objective.batches(data.train, cfg, pad, evaluation=False)
     eval_batches = None if data.eval is None else objective.batches(data.eval, cfg, pad, evaluation=True)
-    plan = StepPlan.build(train_batches.units, t, accelerator.num_processes, cfg.data.shuffle_merged_datasets)
+    plan_t = objective.plan_training(t, inputs.tokenizer) if isinstance(objective, Rollouts) else t  # GRPO: prompts
+    plan = StepPlan.build(train_batches.units, plan_t, accelerator.num_processes, cfg.data.shuffle_merged_datasets)
     optimizer = build_optimizer(model.parameters(), t)
     scheduler = build_scheduler(optimizer, t, plan.total_steps)
     state = TrainerState.new(data.fingerprint, plan)

@@ -17,6 +17,7 @@ from tuner.data.formats import (  # noqa: F401 - each module registers its forma
     instruct,
     preference,
     pretokenized,
+    prompts,
     pygmalion,
     user_defined,
 )

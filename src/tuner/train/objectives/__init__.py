@@ -8,6 +8,7 @@ from typing import Any, Callable
 from tuner.config.schema import TunerConfig
 from tuner.train.objectives.base import Objective
 from tuner.train.objectives.classification import Classification
+from tuner.train.objectives.grpo import GRPO
 from tuner.train.objectives.preference import KTO, PairPreference
 from tuner.train.objectives.reward import BradleyTerry
 from tuner.train.objectives.sft import SFT
@@ -22,6 +23,7 @@ OBJECTIVES: dict[str, Callable[..., Any]] = {
     "kto": KTO,
     "reward": BradleyTerry,
     "classification": Classification.for_data,
+    "grpo": GRPO,
 }
 
 

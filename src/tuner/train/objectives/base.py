@@ -24,11 +24,11 @@ trackers, report, save) is the loop's, written once.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 
-from tuner.config.schema import TunerConfig
+from tuner.config.schema import TrainingBlock, TunerConfig
 
 if TYPE_CHECKING:
     from tuner.models.heads import Head
@@ -61,6 +61,23 @@ class Objective(Protocol):
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]: ...
 
     def report(self, sums: dict[str, float], counts: dict[str, float], evaluation: bool) -> dict[str, float]: ...
+
+
+@runtime_checkable
+class Rollouts(Protocol):
+    """An objective that makes its own training sequences (online RL: GRPO). Its units are
+    prompts; before each optimizer step the loop hands it the step's prompt batches and trains
+    on the micro-batches it returns (the accumulation, normalisation and the rest unchanged)."""
+
+    def plan_training(self, t: TrainingBlock, tokenizer: Any) -> TrainingBlock:
+        """The step plan's view of training: how many units (prompts) a step takes, as
+        micro_batch_size x gradient_accumulation_steps. Receives the tokenizer."""
+        ...
+
+    def rollout(self, module: torch.nn.Module, batches: list[dict[str, torch.Tensor]], accelerator: Any,
+                step: int) -> list[dict[str, torch.Tensor]]:
+        """The step's training micro-batches, made from its prompt batches."""
+        ...
 
 
 def combined_loss(objective: Objective, sums: dict[str, float], counts: dict[str, float]) -> float:
