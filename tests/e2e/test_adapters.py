@@ -35,6 +35,7 @@ def logits_of(model, tokenizer, text="### Instruction:\nAdd the numbers.\n\n### 
 
 
 @pytest.mark.smollm2
+@pytest.mark.slow  # bitsandbytes' 4-bit matmuls on CPU: minutes
 def test_qlora_trains_saves_reloads_and_merges(tmp_path, smol_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
@@ -93,6 +94,7 @@ def test_merge_equals_base_plus_adapter(tmp_path, smol_tokenizer_dir):
 
 
 @pytest.mark.smollm2
+@pytest.mark.slow
 def test_added_tokens_train_stay_tied_and_can_be_generated(tmp_path, smol_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -174,6 +176,7 @@ def test_bad_adapter_configs(tmp_path):
 
 
 @pytest.mark.smollm2
+@pytest.mark.slow
 def test_generate_and_chat_on_smollm2(tmp_path, smol_model_dir):
     chat_rows = [{"messages": [{"role": "user", "content": f"Say the code word {i}."},
                                {"role": "assistant", "content": f"Code word {i}: BANANA."}]} for i in range(12)]

@@ -30,7 +30,14 @@ CASES = {  # example -> the local data in the example's own row format
 }
 
 
-@pytest.mark.parametrize("example", CASES, ids=[Path(c).parent.name + "-" + Path(c).stem for c in CASES])
+# make test trains one example; the others are make test-slow's (or -m extra's: the largest two)
+SPEED = {"archived/stablelm-2/1.6b/lora.yml": (), "archived/qwen/qlora.yml": (pytest.mark.slow,),
+         "plano/plano-4b-qlora.yaml": (pytest.mark.slow,), "phi/lora-3.5.yaml": (pytest.mark.extra,),
+         "cohere/command-r-7b-qlora.yml": (pytest.mark.extra,)}
+
+
+@pytest.mark.parametrize("example", [pytest.param(c, marks=SPEED[c]) for c in CASES],
+                         ids=[Path(c).parent.name + "-" + Path(c).stem for c in CASES])
 def test_axolotl_example_trains_two_steps(example, tmp_path, smol_model_dir):
     out = tmp_path / "out"
     args = ["train", str(EXAMPLES / example), "--base_model", SMOL, "--datasets.0.path", str(DATA / CASES[example]),

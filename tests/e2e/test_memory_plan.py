@@ -141,6 +141,7 @@ def measured_cases(tmp_path_factory, smol_model_dir):
 
 
 @pytest.mark.smollm2
+@pytest.mark.slow  # six SmolLM2 training processes
 @pytest.mark.parametrize("method,gc", CASES, ids=[case_name(m, g).replace(" + ", "-") for m, g in CASES])
 def test_memory_plan_matches_measured_step(measured_cases, method, gc):
     plan, measured, line = measured_cases[(method, gc)]

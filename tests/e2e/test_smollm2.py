@@ -63,6 +63,7 @@ def test_lora_on_smollm2_trains_and_saves(tmp_path, smol_model_dir):
         assert torch.equal(trained(input_ids=ids).logits, reloaded(input_ids=ids).logits)
 
 
+@pytest.mark.extra  # exact resume is proven in make test on tiny models (test_resume.py) and for LoRA there
 def test_smollm2_lora_kill_and_resume_is_exact(tmp_path, smol_model_dir):
     import random
     import signal
