@@ -76,8 +76,13 @@ def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_inspect(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = _config(args, overrides)
     _quiet_libraries()
-    from tuner.data.inspect import report, use_colour
+    from tuner.data.inspect import report, stream_report, use_colour
 
+    if cfg.data.pretraining_dataset:  # a streamed corpus: its first packed rows
+        from tuner.models.inputs import load_inputs
+
+        print(stream_report(cfg, load_inputs(cfg).tokenizer, args.rows, use_colour()))
+        return 0
     prepared, tokenizer = _prepare(cfg)
     t = cfg.training
     print(report(prepared, tokenizer, cfg.data.sequence_len, t.micro_batch_size, t.seed, args.rows, use_colour(),

@@ -25,6 +25,7 @@ from tuner.config.schema import (
     GradientCheckpointingKwargs,
     QuantizationKwargs,
     SpecialTokens,
+    TRLBlock,
     TunerConfig,
     UserDefinedFormat,
 )
@@ -36,6 +37,7 @@ NESTED = {
     "fsdp_config": (FSDPConfig, axolotl_keys.FSDP_CONFIG),
     "gradient_checkpointing_kwargs": (GradientCheckpointingKwargs, {"use_reentrant": None}),
     "model_quantization_config_kwargs": (QuantizationKwargs, {"dequantize": None, "modules_to_not_convert": None}),
+    "trl (rl: grpo; beta also for preference training)": (TRLBlock, dict.fromkeys(TRLBlock.model_fields)),  # Axolotl's
 }
 
 
@@ -116,7 +118,7 @@ SAME_WHEN_UNSET = {
     "adam_beta2": "0.999 (HF Trainer)", "adam_epsilon": "1e-08 (HF Trainer)", "max_grad_norm": "1.0 (HF Trainer)",
     "fp16": "false", "torch_compile": "false", "use_tensorboard": "false", "wandb_mode": "online (W&B's)",
     "use_mlflow": "false", "seed": "42 (HF Trainer)", "peft_use_dora": "false", "peft_use_rslora": "false",
-    "precompute_ref_log_probs": "false (TRL's)",
+    "precompute_ref_log_probs": "false (TRL's)", "reward_model": "false", "tokenizer_use_mistral_common": "false",
 }
 
 # Keys whose default (or what their default does) differs from Axolotl 0.19: (Axolotl, why).
@@ -138,8 +140,10 @@ DIFFERS = {
 }
 # Behaviours (not key defaults) that differ: (what, tuner, Axolotl, why).
 BEHAVIOURS = [
-    ("`completion` rows over `sequence_len`", "follow `excess_length_strategy` (drop)",
-     "split into `sequence_len` chunks", "one rule for every type"),
+    ("`completion` rows over `sequence_len`", "follow `excess_length_strategy` (drop); `split` cuts them into "
+     "`sequence_len` pieces, a dataset's `overlap_len` repeated as untrained context",
+     "split into `sequence_len` chunks, the `overlap_len` tokens trained twice",
+     "one rule for every type; with `split`, each token is trained once"),
     ("`lr_scheduler: constant`", "linear warmup, then constant", "constant from step 0 (warmup ignored)",
      "the warmup you set is used (write `constant` or `constant_with_warmup`)"),
 ]

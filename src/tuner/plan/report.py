@@ -59,6 +59,11 @@ def data_lines(cfg: TunerConfig, facts: ModelFacts) -> list[str]:
     from tuner.train.step_plan import StepPlan
 
     d, t = cfg.data, cfg.training
+    if d.pretraining_dataset:  # streamed while training: nothing prepared to read
+        rows = t.max_steps * t.micro_batch_size * t.gradient_accumulation_steps if t.max_steps else 0
+        return [f"streamed     pretraining_dataset {d.pretraining_dataset[0].path}: {rows:,} packed rows of "
+                f"{d.sequence_len} tokens per process ({rows * d.sequence_len:,} tokens), tokenized while training runs",
+                f"steps        {t.max_steps} (max_steps)"]
     data_ids = []
     for i, ds in enumerate(d.datasets):
         local = local_sources(ds, i, "datasets")
