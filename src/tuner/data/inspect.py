@@ -130,6 +130,8 @@ def report(prepared: PreparedData, tokenizer: Any, sequence_len: int, micro_batc
     out = [f"prepared dataset: {prepared.path} ({'reused' if prepared.reused else 'new'})"]
     if "chosen_input_ids" in rows.column_names:
         return "\n".join(out + pair_report(prepared, tokenizer, n_rows, colour))
+    if "labels" not in rows.column_names:  # type: classification (a text and its label; nothing token-level trains)
+        return "\n".join(out + classified_report(prepared, tokenizer, n_rows))
     for i in range(min(n_rows, rows.num_rows)):
         row = rows[i]
         n_trained = trained_count(row["labels"])
@@ -160,6 +162,27 @@ def report(prepared: PreparedData, tokenizer: Any, sequence_len: int, micro_batc
     if prepared.eval is not None:
         out.append(f"  evaluation rows: {prepared.eval.num_rows}")
     return "\n".join(out)
+
+
+def classified_report(prepared: PreparedData, tokenizer: Any, n_rows: int) -> list[str]:
+    """Classified texts: each row's tokens as the head reads them, and its label as written."""
+    import json
+    from collections import Counter
+
+    rows = prepared.train
+    out = []
+    for i in range(min(n_rows, rows.num_rows)):
+        row = rows[i]
+        out.append(f"\n--- row {i + 1} of {rows.num_rows}: {len(row['input_ids'])} tokens, label {json.loads(row['label'])!r}")
+        out.append("  " + _show(tokenizer.decode(row["input_ids"])))
+    out.append("\n--- statistics (training rows)")
+    out += describe(prepared.stats)
+    counts = Counter(json.loads(v) for v in rows["label"])
+    shown = ", ".join(f"{k!r}: {v}" for k, v in sorted(counts.items(), key=lambda kv: str(kv[0]))[:20])
+    out.append(f"  labels: {len(counts)} distinct ({shown}{', ...' if len(counts) > 20 else ''})")
+    if prepared.eval is not None:
+        out.append(f"  evaluation rows: {prepared.eval.num_rows}")
+    return out
 
 
 def pair_report(prepared: PreparedData, tokenizer: Any, n_rows: int, colour: bool) -> list[str]:

@@ -22,6 +22,7 @@ def merge(adapter_dir: Path, output: Path, dtype: str | None = None) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from tuner.models import heads
     from tuner.models.adapter import peft_calls
 
     config_path = adapter_dir / "adapter_config.json"
@@ -35,13 +36,16 @@ def merge(adapter_dir: Path, output: Path, dtype: str | None = None) -> Path:
     if name not in DTYPES:
         raise UserError(f"--dtype: {name!r} is not one of {', '.join(DTYPES)}")
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
-    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
-    if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
-        base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
-    with peft_calls(quantized=False):  # merged into a plain base
-        from peft import PeftModel
+    if (adapter_dir / heads.HEAD_CONFIG).is_file():  # a reward model or classifier: its base + head, labels
+        merged: Any = heads.load_trained(adapter_dir, torch.float32)[0].merge_and_unload()
+    else:
+        base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype=torch.float32)
+        if len(tokenizer) > base.get_input_embeddings().weight.shape[0]:
+            base.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        with peft_calls(quantized=False):  # merged into a plain base
+            from peft import PeftModel
 
-        merged: Any = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
+            merged = PeftModel.from_pretrained(base, str(adapter_dir)).merge_and_unload()
     merged = merged.to(getattr(torch, name))
     with atomic_folder(output) as tmp:
         merged.save_pretrained(tmp)  # safetensors
