@@ -46,7 +46,7 @@ def test_chat_example_trains_and_saves_its_template(tmp_path, monkeypatch, smol_
     assert json.loads((tmp_path / "out" / "adapter_config.json").read_text())["r"] == 8
 
 
-@pytest.mark.slow  # the quickstart config on SmolLM2 (make quickstart runs it whole)
+@pytest.mark.extra  # the quickstart config on SmolLM2 for minutes: `make quickstart` runs it whole, with its score
 def test_quickstart_then_generate_answers_in_the_trained_format(tmp_path, smol_model_dir):
     """The quickstart config, cut to 16 steps: `tuner generate` on held-out dates (instruction
     and input through the Alpaca prompt it trained on) answers with ISO dates. The base model
