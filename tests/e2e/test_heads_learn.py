@@ -26,7 +26,7 @@ def run(tmp_path, **values):
     common = dict(base_model=SMOL, dataset_prepared_path=str(tmp_path / "prepared"), output_dir=str(tmp_path / "out"),
                   sequence_len=128, lr_scheduler="constant", optimizer="adamw_torch", seed=0,
                   adapter="lora", lora_r=16, lora_alpha=32, lora_target_modules=TOP_LAYERS, logging_steps=1,
-                  bf16=True)
+                  bf16="auto")  # bf16 where the CPU has fast bf16 matmuls (AMX), else fp32
     common.update(values)
     cfg = make_config(tmp_path, **common)
     return cfg, train(cfg)
@@ -59,7 +59,7 @@ def test_reward_model_learns_the_kind_task(tmp_path):
     accuracy = sum(c > r for c, r in zip(chosen, rejected)) / len(chosen)
     assert accuracy > 0.9
     # tuner's evaluation code on the same fp32 model (padding-free micro-batches of 8 pairs) scores as plain
-    # transformers does, row by row; training evaluated under bf16 autocast, hence the looser bound there
+    # transformers does, row by row; training may evaluate under bf16 autocast, hence the looser bound there
     from tuner.data.pairs import PairBatches
     from tuner.train.objectives.reward import BradleyTerry
 
