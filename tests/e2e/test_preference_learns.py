@@ -92,10 +92,6 @@ def test_dpo_learns_the_rule(tmp_path):
     assert evals[-1]["eval_rewards/margins"] > 0, evals[-1]
 
 
-# ORPO (about 24 minutes on this CPU at the loads of the session that wrote it) and KTO (its
-# held-out evaluation in fp32, never timed as a whole file) run with -m extra until their time
-# on CI's machine is measured: make test-slow must fit CI's hour.
-@pytest.mark.extra
 def test_orpo_learns_the_rule(tmp_path):
     first, evals, _ = run("orpo.yml", tmp_path, 6, "--orpo_alpha", "1.0", "--learning_rate", "1e-3",
                           "--warmup_steps", "0")
@@ -105,7 +101,6 @@ def test_orpo_learns_the_rule(tmp_path):
     assert evals[-1]["eval_rewards/accuracies"] > 0.8, evals[-1]
 
 
-@pytest.mark.extra  # see above
 def test_kto_learns_the_rule(tmp_path):
     # kto.yml's own evaluation (unpaired held-out examples, no accuracy) is left out: the check
     # below measures the held-out pairs instead
