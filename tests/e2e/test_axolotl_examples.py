@@ -30,8 +30,8 @@ CASES = {  # example -> the local data in the example's own row format
 }
 
 
-# make test trains one example; the others are make test-slow's (or -m extra's: the largest two)
-SPEED = {"archived/stablelm-2/1.6b/lora.yml": (), "archived/qwen/qlora.yml": (pytest.mark.slow,),
+# make test-slow trains three examples (about 1.5 min each), -m extra the largest two
+SPEED = {"archived/stablelm-2/1.6b/lora.yml": (pytest.mark.slow,), "archived/qwen/qlora.yml": (pytest.mark.slow,),
          "plano/plano-4b-qlora.yaml": (pytest.mark.slow,), "phi/lora-3.5.yaml": (pytest.mark.extra,),
          "cohere/command-r-7b-qlora.yml": (pytest.mark.extra,)}
 
