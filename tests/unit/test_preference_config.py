@@ -88,3 +88,7 @@ def test_a_user_defined_preference_type(tmp_path):
                                                                     "field_rejected": "bad",
                                                                     "prompt_format": "Q: {prompt}\nA:"}}])
     assert cfg.data.datasets[0].kind == "user_defined_pairs"
+    from tuner.data.formats.preference import UserDefinedPairs
+
+    text = UserDefinedPairs().text({"q": "Hi", "good": "Hello.", "bad": "Go."}, cfg.data.datasets[0], None)
+    assert (text.prompt, text.chosen, text.rejected) == ("Q: Hi\nA:", "Hello.", "Go.")

@@ -370,6 +370,12 @@ class StringUnpaired(UnpairedFormat):
         return UnpairedText(prompt, read(row, "completion") + end, _label(row, "label"), rendered=False)
 
 
+def _user_defined_prompt(row: dict[str, Any], f: Any) -> str:
+    """A user-defined type's prompt: `prompt_format` filled with the row's prompt and system fields."""
+    return f.prompt_format.format(prompt=text_field(row, f.field_prompt),
+                                  system=text_field(row, f.field_system, required=False))
+
+
 class UserDefinedPairs(PreferenceFormat):
     """`type` as a mapping under `rl:` (Axolotl's user_defined DPO type): `field_prompt`,
     `field_system`, `field_chosen`, `field_rejected`, `prompt_format` ({prompt}, {system}),
@@ -383,8 +389,7 @@ class UserDefinedPairs(PreferenceFormat):
 
     def text(self, row: dict[str, Any], ds: DatasetConfig | None, ctx: EncodeContext | None) -> PairText:
         f = ds.type  # type: ignore[union-attr]
-        prompt = f.prompt_format.format(prompt=text_field(row, f.field_prompt),
-                                        system=text_field(row, f.field_system, required=False))
+        prompt = _user_defined_prompt(row, f)
         chosen = f.chosen_format.format(chosen=text_field(row, f.field_chosen))
         rejected = f.rejected_format.format(rejected=text_field(row, f.field_rejected))
         return PairText(prompt, chosen, rejected, rendered=False)
@@ -402,8 +407,7 @@ class UserDefinedUnpaired(UnpairedFormat):
 
     def text(self, row: dict[str, Any], ds: DatasetConfig | None, ctx: EncodeContext | None) -> UnpairedText:
         f = ds.type  # type: ignore[union-attr]
-        prompt = f.prompt_format.format(prompt=text_field(row, f.field_prompt),
-                                        system=text_field(row, f.field_system, required=False))
+        prompt = _user_defined_prompt(row, f)
         completion = f.completion_format.format(completion=text_field(row, f.field_completion))
         return UnpairedText(prompt, completion, _label(row, f.field_label), rendered=False)
 
