@@ -37,7 +37,8 @@ NESTED = {
     "fsdp_config": (FSDPConfig, axolotl_keys.FSDP_CONFIG),
     "gradient_checkpointing_kwargs": (GradientCheckpointingKwargs, {"use_reentrant": None}),
     "model_quantization_config_kwargs": (QuantizationKwargs, {"dequantize": None, "modules_to_not_convert": None}),
-    "trl (rl: grpo; beta also for preference training)": (TRLBlock, dict.fromkeys(TRLBlock.model_fields)),  # Axolotl's
+    "trl (rl: grpo; beta also for preference training)": (TRLBlock, dict.fromkeys(k for k in TRLBlock.model_fields
+                                                                             if k != "reward_model_path")),  # Axolotl's
 }
 
 

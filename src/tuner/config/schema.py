@@ -854,9 +854,16 @@ class TRLBlock(Block):
         "(true): the unbiased reverse-KL gradient; false: the plain k3 gradient.")
     reward_funcs: list[str] | None = Field(
         default=None, description="rl: grpo: reward functions by dotted path (module.function), the user's own code, "
-        "found next to the config file or on PYTHONPATH: f(prompts, completions, **columns) -> list of numbers.")
+        "found next to the config file or on PYTHONPATH: f(prompts, completions, **columns) -> list of numbers; or "
+        "reward models by folder path (./rm, a/b: a sequence classifier with one output, e.g. one trained with "
+        "reward_model: true), found next to the config file first; it scores prompt + completion, as TRL.")
+    reward_model_path: str | None = Field(
+        default=None, description="rl: grpo: a reward model folder (one trained with reward_model: true, or any "
+        "sequence classifier with one output), found next to the config file first: one more reward after "
+        "reward_funcs (reward_weights counts it last).")
     reward_weights: list[float] | None = Field(
-        default=None, description="rl: grpo: one weight per reward function (default 1 each).")
+        default=None, description="rl: grpo: one weight per reward (reward_funcs, then reward_model_path; default 1 "
+        "each).")
     log_completions: bool | None = Field(
         default=None, description="rl: grpo: tuner always writes sampled completions to output_dir/samples.jsonl.")
     num_completions_to_print: PositiveInt | None = Field(
@@ -1397,8 +1404,15 @@ def _preference_problems(cfg: TunerConfig) -> list[Problem]:
 OTHER_GRPO_LOSS_TYPES = ("cispo", "sapo", "luspo", "vespo")
 GRPO_KEYS = ("num_generations", "max_completion_length", "temperature", "top_p", "top_k", "min_p",
              "repetition_penalty", "epsilon", "epsilon_high", "loss_type", "scale_rewards", "num_iterations",
-             "mask_truncated_completions", "use_bias_correction_kl", "reward_funcs", "reward_weights", "log_completions",
+             "mask_truncated_completions", "use_bias_correction_kl", "reward_funcs", "reward_model_path",
+             "reward_weights", "log_completions",
              "num_completions_to_print", "use_vllm")
+
+
+def is_model_path(entry: str) -> bool:
+    """A trl.reward_funcs entry that names a reward model folder (a path: it has a / or starts with . or ~),
+    not a reward function (a dotted path module.function)."""
+    return "/" in entry or "\\" in entry or entry.startswith((".", "~"))
 
 
 def _grpo_problems(cfg: TunerConfig) -> list[Problem]:
@@ -1430,20 +1444,25 @@ def _grpo_problems(cfg: TunerConfig) -> list[Problem]:
     if trl.num_iterations is not None and trl.num_iterations > 1:
         problems.append(Problem(("trl", "num_iterations"), f"num_iterations: {trl.num_iterations}: several updates "
                                                            "per generation batch are not supported yet; use 1."))
-    if not trl.reward_funcs:
+    rewards = len(trl.reward_funcs or []) + (trl.reward_model_path is not None)
+    if not rewards:
         problems.append(Problem(("trl", "reward_funcs"), "rl: grpo needs reward functions: trl.reward_funcs: "
                                                          "[module.function, ...] (your own Python, found next to the "
-                                                         "config file or on PYTHONPATH)."))
-    elif trl.reward_weights is not None and len(trl.reward_weights) != len(trl.reward_funcs):
+                                                         "config file or on PYTHONPATH), or a reward model folder "
+                                                         "(trl.reward_model_path)."))
+    elif trl.reward_weights is not None and len(trl.reward_weights) != rewards:
+        with_model = " and reward_model_path" if trl.reward_model_path is not None else ""
         problems.append(Problem(("trl", "reward_weights"), f"{len(trl.reward_weights)} weight(s) for "
-                                                           f"{len(trl.reward_funcs)} reward function(s); give one per "
-                                                           "function."))
+                                                           f"{rewards} reward function(s) (reward_funcs{with_model}); "
+                                                           "give one per function."))
     for i, name in enumerate(trl.reward_funcs or []):
         parts = name.split(".")
-        if len(parts) < 2 or not all(part.isidentifier() for part in parts):
+        if not is_model_path(name) and (len(parts) < 2 or not all(part.isidentifier() for part in parts)):
             problems.append(Problem(("trl", "reward_funcs", i), f"{name!r} is not a dotted path module.function "
-                                                                "(e.g. rewards.format_reward); a reward model as a "
-                                                                "reward is not supported yet."))
+                                                                "(e.g. rewards.format_reward), nor a reward model "
+                                                                f"folder written as a path (./{name}, models/rm)."))
+    if trl.reward_model_path is not None and not trl.reward_model_path.strip():
+        problems.append(Problem(("trl", "reward_model_path"), "is empty: give the folder of a reward model."))
     generations = trl.num_generations or 8
     per_step = t.micro_batch_size * t.gradient_accumulation_steps
     if per_step % generations:

@@ -43,7 +43,8 @@ import torch
 
 from tuner.config.schema import TrainingBlock, TunerConfig
 from tuner.train.objectives.base import combined_loss
-from tuner.train.rewards import RewardFunction, load_reward_functions, score
+from tuner.train.precision import compute_dtype
+from tuner.train.rewards import RewardFunction, load_reward_functions, reward_models, score
 
 # loss_type -> the count its summed term is normalised by
 NORMALISED_BY = {"grpo": "completions", "dapo": "completion_tokens", "bnpo": "micro_batches",
@@ -178,9 +179,10 @@ class GRPO:
         self._cfg = cfg
         self.s = Settings.of(cfg)
         trl = cfg.preference.trl
-        assert trl is not None and trl.reward_funcs
+        assert trl is not None and (trl.reward_funcs or trl.reward_model_path)
         self.funcs: list[RewardFunction] = load_reward_functions(
-            trl.reward_funcs, trl.reward_weights, Path(cfg.config_dir) if cfg.config_dir else None)
+            trl.reward_funcs or [], trl.reward_weights, Path(cfg.config_dir) if cfg.config_dir else None,
+            trl.reward_model_path)
         self.loss_terms = {"loss": NORMALISED_BY[self.s.loss_type]}
         self.stat_names = ("reward", "reward_sq", "reward_n", *(f"rewards/{f.short}/{k}" for f in self.funcs
                                                                  for k in ("sum", "sq", "n")),
@@ -240,6 +242,8 @@ class GRPO:
         prompts = [json.loads(r["prompt"]) for r in rows]
         completions = [[{"role": "assistant", "content": c}] if isinstance(p, list) else c
                        for p, c in zip(prompts, texts)]
+        for reward_model in reward_models(self.funcs):  # frozen, on the training device and compute dtype
+            reward_model.load(accelerator.device, compute_dtype(accelerator.mixed_precision))
         per_func = torch.tensor(score(self.funcs, prompts, completions, ids_list, _columns(rows)),
                                 dtype=torch.float32).T  # (completions, functions)
         rewards, advantages, zero_std = self._advantages(per_func, accelerator)
