@@ -62,7 +62,10 @@ def fit(run: Run, out: RunLog) -> list[float]:
             totals, lr, grad_norm = train_step(run, units, step)
             state.step = done = step + 1
             losses.append(totals.loss)
-            tokens = reduce_sum(acc, sum(run.train_batches.tokens(u) for u in units))
+            if isinstance(run.objective, Rollouts):  # GRPO: the tokens its training forward ran (all processes)
+                tokens = totals.counts["sequence_tokens"]
+            else:
+                tokens = reduce_sum(acc, sum(run.train_batches.tokens(u) for u in units))
             window.add(totals.sums, totals.counts, totals.loss, tokens, time.perf_counter() - started)
             if done % t.logging_steps == 0 or done == plan.total_steps:
                 log_window(run, out, window, lr, grad_norm)

@@ -7,6 +7,12 @@ run is still going.
 Throughput is over training time only: a step record's tokens/s divides the tokens of its
 logging window by `train_seconds`, the time its steps took; evaluations (`eval_seconds`) and
 checkpoint saves (`save_seconds`) are timed as records of their own.
+
+What tokens/s counts: the real (non-padding) tokens that went through the model, trained or not
+(SFT: every token of the rows, prompts included; rl: grpo: each completion's prompt + completion
+tokens, once per completion, and its step time includes generation). What was trained is
+counted apart: `trained_tokens` (SFT: the tokens with labels; rl: grpo: the completion tokens,
+also as `completion_tokens` with `completion_tokens_per_second`; GRPO's prompts never train).
 """
 
 from __future__ import annotations
@@ -52,16 +58,28 @@ def time_split(records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def grpo_split(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """rl: grpo: the trained (completion) tokens, their rate over step time, and the generation's share."""
+    timed = [r for r in steps if "train_seconds" in r]
+    seconds = sum(r["train_seconds"] for r in timed)
+    trained = sum(r.get("completion_tokens_per_second", 0.0) * r["train_seconds"] for r in timed)
+    return {"completion_tokens": steps[-1]["completion_tokens"],
+            "completion_tokens_per_second": round(trained / seconds, 1) if seconds > 0 else None,
+            "generation_seconds": round(sum(r.get("generation_seconds", 0.0) for r in steps), 2)}
+
+
 def summarize(records: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
     start = next((r for r in records if r.get("event") == "start"), None)
     end = next((r for r in reversed(records) if r.get("event") == "end"), None)
     times = [r["time"] for r in records if "time" in r]
+    last = steps[-1] if steps else {}
     return {
         "steps": steps[-1]["step"] if steps else 0,
         "total_steps": start.get("total_steps") if start else None,
-        "trained_tokens": steps[-1].get("trained_tokens", 0) if steps else 0,
+        "trained_tokens": last.get("trained_tokens", last.get("completion_tokens", 0)),  # GRPO: completion tokens
+        **(grpo_split(steps) if "completion_tokens" in last else {}),
         **({"pairs": steps[-1]["pairs"]} if steps and "pairs" in steps[-1] else {}),
         **({"examples": steps[-1]["examples"]} if steps and "examples" in steps[-1] else {}),
         "wall_time_seconds": round(times[-1] - (start["time"] if start else times[0]), 1) if times else 0.0,
@@ -84,15 +102,18 @@ def describe(summary: dict[str, Any]) -> str:
     timing = ""
     if summary.get("train_seconds") is not None:
         timing = f"; training {summary['train_seconds']:.1f}s"
+        rate_of = lambda r: f"{r:,.0f}" if r >= 100 else f"{r:.3g}"
         if summary.get("tokens_per_second") is not None:
-            rate = summary["tokens_per_second"]
-            timing += f" at {rate:,.0f} tokens/s" if rate >= 100 else f" at {rate:.3g} tokens/s"
+            timing += f" at {rate_of(summary['tokens_per_second'])} tokens/s"
+        if summary.get("completion_tokens_per_second") is not None:  # rl: grpo
+            timing += (f" (prompt + completion), {rate_of(summary['completion_tokens_per_second'])} completion "
+                       f"tokens/s, generation {summary['generation_seconds']:.1f}s of it")
         if summary.get("evaluations"):
             timing += f", {summary['evaluations']} evaluation(s) {summary['eval_seconds']:.1f}s"
         if summary.get("checkpoint_saves"):
             timing += f", {summary['checkpoint_saves']} checkpoint save(s) {summary['save_seconds']:.1f}s"
     counted = next((f"{name} {summary[name]:,}" for name in ("pairs", "examples") if name in summary),
-                   f"trained tokens {summary['trained_tokens']:,}")
+                   f"trained tokens {summary['trained_tokens']:,}{' (completions)' if 'completion_tokens' in summary else ''}")
     return (
         f"steps {summary['steps']}{total}, {counted}, "
         f"wall time {summary['wall_time_seconds']:.0f}s, final loss {fmt(summary['final_train_loss'])}, "
@@ -120,7 +141,8 @@ def draw(records: list[dict[str, Any]], path: Path, title: str) -> None:
     axes[1].plot([r["step"] for r in steps], [r.get("learning_rate", 0) for r in steps], color="tab:green")
     axes[1].set_ylabel("learning rate")
     axes[2].plot([r["step"] for r in steps], [r.get("tokens_per_second", 0) for r in steps], color="tab:red", label="tokens/s")
-    counted = next((k for k in ("trained_tokens_per_second", "pairs_per_second", "examples_per_second")
+    counted = next((k for k in ("trained_tokens_per_second", "pairs_per_second", "examples_per_second",
+                                "completion_tokens_per_second")
                     if any(k in r for r in steps)), "trained_tokens_per_second")
     axes[2].plot([r["step"] for r in steps], [r.get(counted, 0) for r in steps],
                  color="tab:orange", label=counted.replace("_per_second", "/s").replace("_", " "))

@@ -67,7 +67,9 @@ class Objective(Protocol):
 class Rollouts(Protocol):
     """An objective that makes its own training sequences (online RL: GRPO). Its units are
     prompts; before each optimizer step the loop hands it the step's prompt batches and trains
-    on the micro-batches it returns (the accumulation, normalisation and the rest unchanged)."""
+    on the micro-batches it returns (the accumulation, normalisation and the rest unchanged).
+    Its counts include `sequence_tokens` (the tokens its training forward processes): the
+    step's tokens for tokens/s."""
 
     def plan_training(self, t: TrainingBlock, tokenizer: Any) -> TrainingBlock:
         """The step plan's view of training: how many units (prompts) a step takes, as

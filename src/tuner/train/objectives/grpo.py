@@ -101,6 +101,8 @@ class Prompts:
         return {"prompts": torch.tensor(units, dtype=torch.long)}
 
     def tokens(self, units: list[int]) -> int:
+        """The prompts' own tokens (once each). Not the step's throughput: the loop counts a rollout
+        objective's tokens from its sequence_tokens (each completion's prompt + completion)."""
         return sum(self._lengths[u] for u in units)
 
 
@@ -173,7 +175,9 @@ class GRPO:
 
     name = "grpo"
     head = None  # a causal LM
-    count_names = ("completion_tokens", "completions", "micro_batches", "completion_slots")
+    # completion_tokens: the trained tokens; sequence_tokens: what the training forward processed (prompt +
+    # completion, padding not counted, once per completion), the loop's tokens/s for this objective
+    count_names = ("completion_tokens", "completions", "micro_batches", "completion_slots", "sequence_tokens")
 
     def __init__(self, cfg: TunerConfig):
         self._cfg = cfg
@@ -211,7 +215,8 @@ class GRPO:
     def counts(self, batch: dict[str, torch.Tensor]) -> dict[str, int]:
         mask = batch["completion_mask"]
         return {"completion_tokens": int(mask.sum()), "completions": mask.shape[0], "micro_batches": 1,
-                "completion_slots": mask.shape[0] * self.s.max_completion_length}
+                "completion_slots": mask.shape[0] * self.s.max_completion_length,
+                "sequence_tokens": int(batch["attention_mask"].sum())}
 
     def plan_training(self, t: TrainingBlock, tokenizer: Any) -> TrainingBlock:
         """The step plan's view of training: units are prompts, all of a step's in one group (the
