@@ -341,13 +341,17 @@ def weight_bytes(cfg: TunerConfig, p: ParamFacts, r: Regime) -> tuple[int, str]:
     return r.a * base + adapter + r.a * p.saved_modules_params, f"base in {name} ({r.a} B/param), adapter fp32"
 
 
-def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
+def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str, sequence_len: int | None = None,
+                logit_positions: int | None = None, extra_forward: int = 0) -> MemoryPlan:
+    """The plan of one optimizer step. rl: grpo (grpo_plan) passes its training rows' length
+    (`sequence_len`: prompt + completion), the positions whose full logits its loss computes
+    (`logit_positions`) and what its reference forward adds at the end of the forward."""
     from tuner.train.loss import PLAIN_HEAD, uses_selective_recompute
 
     t, d = cfg.training, cfg.data
     r = regime(cfg, precision)
     a = r.a
-    B, S = t.micro_batch_size, d.sequence_len
+    B, S = t.micro_batch_size, sequence_len or d.sequence_len
     T = B * S
     K = B * (S - 1)
     h, V = p.hidden, p.vocab
@@ -365,7 +369,7 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
     layer_saved = [layer_bytes_per_token(layer, p, r, span, attn) * T for layer in p.layers]
     rope = 2 * T * p.head_dim * r.residual
     final_norm = 4 * h + 4 + (4 * h if r.full else 0)
-    plain_head = model_type is None or model_type in PLAIN_HEAD
+    plain_head = (model_type is None or model_type in PLAIN_HEAD) and logit_positions is None
     outside = T * (final_norm + 8 + 1) + rope + B * S * S
     if plain_head:
         outside += K * (h * r.final + 8)
@@ -384,7 +388,7 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
     head_weight_bytes = 4 if (r.full or r.kbit) else a
     head_copy = a * p.head_params if (r.autocast and head_weight_bytes != a) else 0
 
-    loss = loss_terms(p, r, T, K, plain_head)
+    loss = loss_terms(p, r, logit_positions or T, K, plain_head)
     chunk, chunks, loss_fwd, loss_bwd, loss_saved = loss.chunk, loss.chunks, loss.forward, loss.backward, loss.saved
     head_grad = 4 * p.head_params if p.head_trains else 0
     accumulated = grads if t.gradient_accumulation_steps > 1 else 0
@@ -392,7 +396,8 @@ def plan_memory(cfg: TunerConfig, p: ParamFacts, precision: str) -> MemoryPlan:
 
     recomputes = gc or selective  # a layer's saved tensors and weight copies exist one layer at a time
     phases = {
-        "end of forward": activations + loss_saved + (cached if recomputes else copies) + head_copy + loss_fwd + accumulated,
+        "end of forward": (activations + loss_saved + (cached if recomputes else copies) + head_copy + loss_fwd
+                           + accumulated + extra_forward),
         "backward start": activations + (0 if recomputes else copies) + head_copy + loss_bwd + in_flight,
         "end of backward": grads + (4 * V * h if (p.tied and p.embed_trains) else 0),
         "optimizer step": grads + optimizer_temporaries(t.optimizer, p),
@@ -503,6 +508,60 @@ def describe(plan: MemoryPlan, cfg: TunerConfig, p: ParamFacts, r: Regime, weigh
     if t.torch_compile:
         notes.append("torch_compile: not modelled (on CPU a compiled step used ~0.7x the eager step memory)")
     return lines, notes
+
+
+@dataclass
+class GRPOPlan:
+    """rl: grpo's step on one process: the rollout generates every completion of the step at once
+    (KV cache), then the training micro-batches run on completions of max length."""
+
+    prompts: int  # per optimizer step, per process
+    generations: int
+    completions: int
+    max_completion_length: int
+    prompt_len: int  # the longest prompt (sequence_len: longer ones are dropped or cut)
+    kv_cache: int
+    reference: str
+    reference_bytes: int  # weights the reference adds
+    train: MemoryPlan  # a training micro-batch of completions of max length
+    generation_total: int  # runtime + weights + optimizer state + reference + KV cache + step overhead
+    total: int  # the larger of the two (the KV cache is freed before the training forward)
+
+
+def grpo_plan(cfg: TunerConfig, p: ParamFacts, precision: str) -> GRPOPlan:
+    """The GRPO step's memory: generation's KV cache, n_layers x 2 (k, v) x kv_heads x head_dim x
+    (prompt + max_completion_length) x completions x a, with the policy in the compute dtype;
+    and the training forward over micro-batches of micro_batch_size completions of prompt +
+    max_completion_length tokens, whose loss takes the full logits of the last
+    max_completion_length + 1 positions (tuner.train.objectives.grpo.completion_logps). beta > 0
+    adds the reference: the base with the adapter disabled (no weights; its no-grad forward's
+    logits at the end of the forward), a second adapter (lora_model_dir), or, for a full
+    fine-tune, a frozen fp32 copy of the model."""
+    t, a = cfg.training, cfg.adapter
+    trl = cfg.preference.trl
+    assert trl is not None
+    r = regime(cfg, precision)
+    G, C = trl.num_generations or 8, trl.max_completion_length or 512
+    completions = t.micro_batch_size * t.gradient_accumulation_steps
+    P = cfg.data.sequence_len
+    kv = len(p.layers) * 2 * p.kv_heads * p.head_dim * (P + C) * completions * r.a
+    positions = t.micro_batch_size * (C + 1)
+    beta = cfg.preference.beta
+    if not beta:
+        reference, ref_bytes, ref_forward = "none (beta 0: no KL term, no reference forward)", 0, 0
+    else:
+        ref_forward = (r.a + 8) * p.vocab * positions  # its logits, their fp32 copy and log-softmax (no grad)
+        if not a.adapter:
+            reference, ref_bytes = "a frozen copy of the model (full fine-tuning): its fp32 weights", 4 * p.total
+        elif a.lora_model_dir:
+            reference, ref_bytes = "lora_model_dir's adapter, loaded a second time (frozen)", 4 * p.adapter_params
+        else:
+            reference, ref_bytes = "the base with the adapter disabled: no extra weights", 0
+        reference += f"; its no-grad forward per micro-batch holds {fmt_bytes(ref_forward)} of logits"
+    train = plan_memory(cfg, p, precision, sequence_len=P + C, logit_positions=positions, extra_forward=ref_forward)
+    generation = RUNTIME_BYTES + train.weights + train.optimizer + ref_bytes + kv + STEP_OVERHEAD_BYTES
+    return GRPOPlan(completions // G, G, completions, C, P, kv, reference, ref_bytes, train, generation,
+                    max(generation, train.total + ref_bytes))
 
 
 def optimizer_temporaries(name: str, p: ParamFacts) -> int:

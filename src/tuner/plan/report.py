@@ -3,13 +3,14 @@ fits the device), and the prepared data when it is there."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from tuner.config.schema import TunerConfig
 from tuner.errors import UserError
 from tuner.plan.facts import ModelFacts, count_parameters, describe_model, fmt_bytes, parse_size
-from tuner.plan.memory import MemoryPlan, plan_memory, resolve_precision
+from tuner.plan.memory import GRPOPlan, MemoryPlan, PlanLine, grpo_plan, plan_memory, resolve_precision
 
 
 # --------------------------------------------------------------------------- device
@@ -87,6 +88,18 @@ def data_lines(cfg: TunerConfig, facts: ModelFacts) -> list[str]:
     else:
         train, held = split_eval(rows, d.val_set_size, t.seed)
         n_eval = "no evaluation rows" if held is None else f"{held.num_rows:,} held out (val_set_size)"
+    if cfg.objective == "grpo":  # prompts: a step takes micro_batch_size x gradient_accumulation_steps / G of them
+        from tuner.train.objectives.grpo import Settings
+
+        per_step = t.micro_batch_size * t.gradient_accumulation_steps // Settings.of(cfg).num_generations
+        plan = StepPlan.build(train.num_rows, t.model_copy(update={"micro_batch_size": per_step,
+                                                                    "gradient_accumulation_steps": 1}), 1)
+        tokens = sum(len(ids) for ids in train["input_ids"])
+        return [f"prepared     {root / fp}",
+                f"rows         {stats.get('rows', rows.num_rows):,} prompts prepared; {train.num_rows:,} train",
+                f"tokens       {tokens:,} prompt tokens (longest {max(map(len, train['input_ids'])):,})",
+                f"steps        {plan.steps_per_epoch:,} per epoch ({train.num_rows:,} prompts / {per_step} prompts per "
+                f"step, one process); {plan.total_steps:,} in this run"]
     if "labels" not in train.column_names:  # pairs (rl:, reward models) or classified texts: one unit per row
         plan = StepPlan.build(train.num_rows, t, 1)
         tokens = sum(len(ids) for c in train.column_names if c.endswith("input_ids") for ids in train[c])
@@ -148,13 +161,52 @@ def _config_lines(config: Any, sequence_len: int) -> list[str]:
     return lines
 
 
+def grpo_lines(g: GRPOPlan, p: Any, precision: str) -> list[str]:
+    """rl: grpo: what one optimizer step does on one process, before its memory plan."""
+    a = {"bf16": 2, "fp16": 2}.get(precision, 4)
+    return [
+        f"GRPO step (per process): {g.prompts} prompt(s) x num_generations {g.generations} = {g.completions} "
+        f"completions (micro_batch_size x gradient_accumulation_steps), each up to max_completion_length "
+        f"{g.max_completion_length} tokens after a prompt of up to sequence_len {g.prompt_len}",
+        f"  generation     {fmt_bytes(g.kv_cache):>11}  KV cache: {len(p.layers)} layers x 2 x {p.kv_heads} KV heads x "
+        f"{p.head_dim} head dim x ({g.prompt_len} + {g.max_completion_length}) tokens x {g.completions} completions "
+        f"x {a} B, all of the step's completions at once; freed before training",
+        f"  reference      {fmt_bytes(g.reference_bytes):>11}  {g.reference}",
+        "",
+    ]
+
+
+def grpo_plan_lines(g: GRPOPlan, p: Any) -> list[PlanLine]:
+    """The training plan's lines with GRPO's loss, reference and the two peaks (generation, training)."""
+    batch = g.train.tokens // (g.prompt_len + g.max_completion_length)  # micro_batch_size
+    out = []
+    for line in g.train.lines:
+        if line.name == "loss logits":
+            line = PlanLine(line.name, line.bytes, f"completion log-probs: full logits of {batch} x "
+                                                   f"(max_completion_length {g.max_completion_length} + 1) = "
+                                                   f"{batch * (g.max_completion_length + 1):,} positions x {p.vocab:,} "
+                                                   "vocabulary (fp32 log-softmax kept for backward)")
+        elif line.name == "total":
+            if g.reference_bytes:
+                out.append(PlanLine("reference", g.reference_bytes, g.reference))
+            line = PlanLine("training total", g.train.total + g.reference_bytes, line.note
+                            + (" + reference" if g.reference_bytes else ""))
+        out.append(line)
+    out.append(PlanLine("generation total", g.generation_total, "runtime + weights + optimizer state"
+                        + (" + reference" if g.reference_bytes else "") + " + KV cache + step overhead"))
+    out.append(PlanLine("total", g.total, "the larger of the two: generation's KV cache is freed before the training "
+                                          "forward"))
+    return out
+
+
 def info_report(cfg: TunerConfig, device_memory: str | None) -> str:
     """What `tuner info` prints: model and tokenizer, parameters, memory plan, data."""
     size, size_what = detect_device_memory(device_memory)
     facts = describe_model(cfg)
     params = count_parameters(cfg, facts)
     precision, precision_note = resolve_precision(cfg)
-    plan = plan_memory(cfg, params, precision)
+    grpo = grpo_plan(cfg, params, precision) if cfg.objective == "grpo" else None
+    plan = grpo.train if grpo else plan_memory(cfg, params, precision)
     t, d = cfg.training, cfg.data
 
     out = ["model"]
@@ -196,21 +248,35 @@ def info_report(cfg: TunerConfig, device_memory: str | None) -> str:
     out.append("")
     prec = {"bf16": "bf16 mixed precision", "fp16": "fp16 mixed precision", "no": "fp32 (no mixed precision)"}[precision]
     quant = " on a 4-bit base" if cfg.adapter.load_in_4bit else " on an 8-bit base" if cfg.adapter.load_in_8bit else ""
+    lines = plan.lines
+    if grpo is not None:
+        out += grpo_lines(grpo, params, plan.precision)
+        rows = (f"micro_batch_size {t.micro_batch_size} completions x ({grpo.prompt_len} prompt + "
+                f"{grpo.max_completion_length} completion tokens)")
+        lines = grpo_plan_lines(grpo, params)
+    else:
+        rows = f"micro_batch_size {t.micro_batch_size} x sequence_len {d.sequence_len}"
     out.append(
-        f"memory plan: one optimizer step, micro_batch_size {t.micro_batch_size} x sequence_len {d.sequence_len} = "
+        f"memory plan: one optimizer step, {rows} = "
         f"{plan.tokens:,} token slots per micro-batch, {prec}{quant}, {cfg.model.attn_implementation} attention, "
         f"gradient checkpointing {'on' if t.gradient_checkpointing else 'off'}, "
         f"{'sample packing' if d.sample_packing else 'flattened batches' if d.batch_flattening else 'padded batches'}"
     )
-    width = max(len(line.name) for line in plan.lines)
-    for line in plan.lines:
+    width = max(len(line.name) for line in lines)
+    for line in lines:
         out.append(f"  {line.name:<{width}}  {fmt_bytes(line.bytes):>11}  {line.note}")
-    out.append(f"  {'device':<{width}}  {fmt_bytes(size):>11}  {fit_line(plan, cfg, size, size_what)}")
+    fits = fit_line(plan if grpo is None else replace(plan, total=grpo.total), cfg, size, size_what)
+    out.append(f"  {'device':<{width}}  {fmt_bytes(size):>11}  {fits}")
     notes = list(plan.notes)
     if precision_note:
         notes.insert(0, precision_note)
-    notes.append("worst case: every row padded to sequence_len and every position trained; the formulas are in "
-                 "tuner/plan/memory.py")
+    if grpo is not None:
+        notes.append("worst case: every prompt sequence_len tokens and every completion max_completion_length tokens; "
+                     "reward models (trl.reward_funcs folders, reward_model_path) are not counted; the formulas are "
+                     "in tuner/plan/memory.py (grpo_plan)")
+    else:
+        notes.append("worst case: every row padded to sequence_len and every position trained; the formulas are in "
+                     "tuner/plan/memory.py")
     import torch
 
     if not torch.cuda.is_available() and not device_memory:
