@@ -254,7 +254,10 @@ class GRPO:
         rewards, advantages, zero_std = self._advantages(per_func, accelerator)
         generation_seconds = time.perf_counter() - started
         self._since_report["generation_seconds"] += generation_seconds
-        self._since_report["max_length"] = max(self._since_report["max_length"], int(lengths.max()))
+        longest = lengths.max().reshape(1)
+        if accelerator.num_processes > 1:  # the longest completion of the step on any process
+            longest = accelerator.gather(longest.to(accelerator.device))
+        self._since_report["max_length"] = max(self._since_report["max_length"], int(longest.max()))
         if self._first_step is None:
             self._first_step = step
         self._samples = [{"step": step + 1, "prompt": prompts[i], "completion": texts[i],
