@@ -78,3 +78,27 @@ def test_grpo_reference(tmp_path, base):
     assert gf.reference_bytes == 4 * pf.total and "frozen copy" in gf.reference
     assert gf.total == max(gf.generation_total, gf.train.total + gf.reference_bytes)
     assert "  reference " in info_report(full, "8GiB")
+
+
+def test_reward_models_count_their_weights(tmp_path, base):
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    rm = tmp_path / "rm"
+    rm.mkdir()
+    (rm / "config.json").write_text(json.dumps({"architectures": ["LlamaForSequenceClassification"], "num_labels": 1}))
+    save_file({"w": torch.zeros(10, 30), "b": torch.zeros(7)}, str(rm / "model.safetensors"))
+    lora = tmp_path / "lora_rm"  # tuner's LoRA reward model: the base's weights, the adapter merged into them
+    lora.mkdir()
+    (lora / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(base)}))
+    (lora / "head_config.json").write_text(json.dumps({"num_labels": 1}))
+    cfg = grpo_cfg(tmp_path, base, trl={"reward_funcs": ["rw.f", "./rm"], "reward_model_path": "lora_rm"})
+    p = count_parameters(cfg, describe_model(cfg))
+    g = grpo_plan(cfg, p, "no")
+    assert g.reward_model_bytes == 4 * (307 + p.base_total)  # fp32: 4 B per parameter
+    assert g.reward_models == f"rm 307 parameters; lora_rm {p.base_total:,} parameters"
+    assert g.total == max(g.generation_total, g.train.total + g.reward_model_bytes)
+    assert g.generation_total == grpo_plan(grpo_cfg(tmp_path, base), p, "no").generation_total + g.reward_model_bytes
+    assert f"reward models  {fmt_bytes(g.reward_model_bytes):>11}  rm 307 parameters" in info_report(cfg, "8GiB")

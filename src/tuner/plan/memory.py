@@ -523,9 +523,46 @@ class GRPOPlan:
     kv_cache: int
     reference: str
     reference_bytes: int  # weights the reference adds
+    reward_models: str  # what they are ("" without any)
+    reward_model_bytes: int  # their weights, loaded for the whole run
     train: MemoryPlan  # a training micro-batch of completions of max length
-    generation_total: int  # runtime + weights + optimizer state + reference + KV cache + step overhead
+    generation_total: int  # runtime + weights + optimizer state + reference + reward models + KV cache + overhead
     total: int  # the larger of the two (the KV cache is freed before the training forward)
+
+    @property
+    def train_total(self) -> int:
+        return self.train.total + self.reference_bytes + self.reward_model_bytes
+
+
+def reward_model_weights(cfg: TunerConfig, a: int) -> tuple[int, str]:
+    """(bytes, what) of the reward models among the rewards (trl.reward_funcs folders,
+    reward_model_path): `a` B per parameter of their safetensors headers, as they load in the
+    compute dtype (an adapter folder: its base's, the adapter merged into it)."""
+    import json
+    from pathlib import Path
+
+    from tuner.config.schema import is_model_path
+    from tuner.plan.facts import read_stored_weights
+    from tuner.train.rewards import find_folder
+
+    trl = cfg.preference.trl
+    assert trl is not None
+    entries = [e for e in trl.reward_funcs or [] if is_model_path(e)] + [e for e in [trl.reward_model_path] if e]
+    search = ([Path(cfg.config_dir)] if cfg.config_dir else []) + [Path.cwd()]
+    total, parts = 0, []
+    for entry in entries:
+        try:
+            folder = find_folder(entry, "trl", search)
+        except UserError:
+            parts.append(f"{entry}: not found (train stops on it)")
+            continue
+        source = folder
+        if (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file():
+            source = Path(json.loads((folder / "adapter_config.json").read_text()).get("base_model_name_or_path", ""))
+        params = read_stored_weights(source).parameters if source.is_dir() else 0
+        total += a * params
+        parts.append(f"{folder.name} {params:,} parameters" if params else f"{folder.name}: no safetensors to read")
+    return total, "; ".join(parts)
 
 
 def grpo_plan(cfg: TunerConfig, p: ParamFacts, precision: str) -> GRPOPlan:
@@ -536,7 +573,8 @@ def grpo_plan(cfg: TunerConfig, p: ParamFacts, precision: str) -> GRPOPlan:
     max_completion_length + 1 positions (tuner.train.objectives.grpo.completion_logps). beta > 0
     adds the reference: the base with the adapter disabled (no weights; its no-grad forward's
     logits at the end of the forward), a second adapter (lora_model_dir), or, for a full
-    fine-tune, a frozen fp32 copy of the model."""
+    fine-tune, a frozen fp32 copy of the model. Reward models stay loaded all run (their
+    scoring forward, one batch of the step's completions without grad, is not counted)."""
     t, a = cfg.training, cfg.adapter
     trl = cfg.preference.trl
     assert trl is not None
@@ -558,10 +596,11 @@ def grpo_plan(cfg: TunerConfig, p: ParamFacts, precision: str) -> GRPOPlan:
         else:
             reference, ref_bytes = "the base with the adapter disabled: no extra weights", 0
         reference += f"; its no-grad forward per micro-batch holds {fmt_bytes(ref_forward)} of logits"
+    rewards, reward_note = reward_model_weights(cfg, r.a)
     train = plan_memory(cfg, p, precision, sequence_len=P + C, logit_positions=positions, extra_forward=ref_forward)
-    generation = RUNTIME_BYTES + train.weights + train.optimizer + ref_bytes + kv + STEP_OVERHEAD_BYTES
-    return GRPOPlan(completions // G, G, completions, C, P, kv, reference, ref_bytes, train, generation,
-                    max(generation, train.total + ref_bytes))
+    generation = RUNTIME_BYTES + train.weights + train.optimizer + ref_bytes + rewards + kv + STEP_OVERHEAD_BYTES
+    return GRPOPlan(completions // G, G, completions, C, P, kv, reference, ref_bytes, reward_note, rewards, train,
+                    generation, max(generation, train.total + ref_bytes + rewards))
 
 
 def optimizer_temporaries(name: str, p: ParamFacts) -> int:

@@ -172,6 +172,7 @@ def grpo_lines(g: GRPOPlan, p: Any, precision: str) -> list[str]:
         f"{p.head_dim} head dim x ({g.prompt_len} + {g.max_completion_length}) tokens x {g.completions} completions "
         f"x {a} B, all of the step's completions at once; freed before training",
         f"  reference      {fmt_bytes(g.reference_bytes):>11}  {g.reference}",
+        *([f"  reward models  {fmt_bytes(g.reward_model_bytes):>11}  {g.reward_models}"] if g.reward_models else []),
         "",
     ]
 
@@ -179,6 +180,7 @@ def grpo_lines(g: GRPOPlan, p: Any, precision: str) -> list[str]:
 def grpo_plan_lines(g: GRPOPlan, p: Any) -> list[PlanLine]:
     """The training plan's lines with GRPO's loss, reference and the two peaks (generation, training)."""
     batch = g.train.tokens // (g.prompt_len + g.max_completion_length)  # micro_batch_size
+    extra = (" + reference" if g.reference_bytes else "") + (" + reward models" if g.reward_model_bytes else "")
     out = []
     for line in g.train.lines:
         if line.name == "loss logits":
@@ -189,11 +191,12 @@ def grpo_plan_lines(g: GRPOPlan, p: Any) -> list[PlanLine]:
         elif line.name == "total":
             if g.reference_bytes:
                 out.append(PlanLine("reference", g.reference_bytes, g.reference))
-            line = PlanLine("training total", g.train.total + g.reference_bytes, line.note
-                            + (" + reference" if g.reference_bytes else ""))
+            if g.reward_model_bytes:
+                out.append(PlanLine("reward models", g.reward_model_bytes, g.reward_models))
+            line = PlanLine("training total", g.train_total, line.note + extra)
         out.append(line)
     out.append(PlanLine("generation total", g.generation_total, "runtime + weights + optimizer state"
-                        + (" + reference" if g.reference_bytes else "") + " + KV cache + step overhead"))
+                        + extra + " + KV cache + step overhead"))
     out.append(PlanLine("total", g.total, "the larger of the two: generation's KV cache is freed before the training "
                                           "forward"))
     return out
@@ -272,8 +275,8 @@ def info_report(cfg: TunerConfig, device_memory: str | None) -> str:
         notes.insert(0, precision_note)
     if grpo is not None:
         notes.append("worst case: every prompt sequence_len tokens and every completion max_completion_length tokens; "
-                     "reward models (trl.reward_funcs folders, reward_model_path) are not counted; the formulas are "
-                     "in tuner/plan/memory.py (grpo_plan)")
+                     "reward models count their weights, not their scoring forward; the formulas are in "
+                     "tuner/plan/memory.py (grpo_plan)")
     else:
         notes.append("worst case: every row padded to sequence_len and every position trained; the formulas are in "
                      "tuner/plan/memory.py")
