@@ -84,16 +84,20 @@ def test_capabilities_tuner_lacks_are_not_supported_yet_with_the_capability():
     ok("context_parallel_size: 1\nprocessor_type:\n")  # asks for nothing
 
 
-def test_a_key_the_schema_has_is_the_schemas():
-    """A capability that lands as a schema field (rl: preference training) is no longer refused here."""
+def test_a_key_the_schema_has_is_the_schemas(monkeypatch):
+    """A capability that lands as a schema field (rl: preference training) is no longer refused here,
+    and the tables hold no such dead entries."""
     from tuner.config import compat
     from tuner.config.schema import BLOCKS
 
     fields = {k for b in BLOCKS.values() for k in b.model_fields}
-    data = {k: 1 for k in (set(compat.UNSUPPORTED) | set(compat.NOT_APPLIED)) & fields}
-    kept = dict(data)
-    compat._tables(data, {})
-    assert data == kept
+    assert not (set(compat.UNSUPPORTED) | set(compat.NOT_APPLIED)) & fields
+    monkeypatch.setitem(compat.UNSUPPORTED, "rl_beta", "preference training")
+    monkeypatch.setitem(compat.NOT_APPLIED, "shuffle_merged_datasets", "not applied")
+    data = {"rl_beta": 0.2, "shuffle_merged_datasets": False, "process_reward_model": True}
+    remarks = compat._tables(data, {})
+    assert data == {"rl_beta": 0.2, "shuffle_merged_datasets": False}
+    assert [r.path for r in remarks] == [("process_reward_model",)]
 
 
 def test_cadences_tf32_and_checkpointing_kwargs_are_typed():

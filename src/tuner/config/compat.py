@@ -114,7 +114,6 @@ NOT_APPLIED: dict[str, str] = {
     "save_first_step": "tuner checkpoints on its save cadence",
     "loss_watchdog_threshold": "tuner stops on a non-finite loss (nan_policy), not on a loss threshold",
     "loss_watchdog_patience": "tuner stops on a non-finite loss (nan_policy), not on a loss threshold",
-    "shuffle_merged_datasets": "tuner shuffles the rows of all datasets together each epoch",
     "tokenizer_save_jinja_files": "the saved tokenizer keeps its chat template as transformers writes it",
     "use_wandb": "W&B logging is on exactly when wandb_project is set",
     "model_config": "tuner loads config.json as it is (no config overrides); MoE router losses are not added",
@@ -136,38 +135,32 @@ NOT_APPLIED.update({
 # Values that are what tuner does anyway: accepted without a notice.
 ALREADY: dict[str, tuple[Any, ...]] = {
     "save_safetensors": (True,), "include_tokens_per_second": (True,), "include_tkps": (True,),
-    "shuffle_merged_datasets": (True,), "tokenizer_save_jinja_files": (True,), "remove_unused_columns": (False,),
+    "tokenizer_save_jinja_files": (True,), "remove_unused_columns": (False,),
 }
 
 # --------------------------------------------------------------------------- not supported yet
 
 MULTIMODAL = "multimodal training (images, audio, processors)"
-PREFERENCE = "preference training (rl: dpo, ipo, orpo, kto, simpo)"
 RL_METHODS = ("dpo", "ipo", "simpo", "orpo", "kto", "grpo")
 RL_CAPABILITIES = {"gdpo": "online RL (rl: gdpo)", "ebft": "Axolotl's EBFT trainer (rl: ebft)",
                    "dpo_norm": "length-normalised DPO (rl: dpo_norm; TRL: dpo_loss_type [sigmoid_norm])"}
 UNSUPPORTED: dict[str, str] = {
     "processor_type": MULTIMODAL, "processor_kwargs": MULTIMODAL, "image_size": MULTIMODAL,
     "image_resize_algorithm": MULTIMODAL, "freeze_mm_modules": MULTIMODAL,
-    "rl_beta": PREFERENCE, "dpo_loss_type": PREFERENCE, "dpo_label_smoothing": PREFERENCE,
     "dpo_use_weighting": "weighted preference optimisation (WPO, dpo_use_weighting)",
     "dpo_norm_loss": "dpo_norm_loss (Axolotl no longer has it either)",
-    "dpo_generate_during_eval": "generation samples during evaluation", "dpo_loss_weights": PREFERENCE, "orpo_alpha": PREFERENCE, "rpo_alpha": PREFERENCE, "simpo_gamma": PREFERENCE,
-    "cpo_alpha": PREFERENCE, "kto_desirable_weight": PREFERENCE, "kto_undesirable_weight": PREFERENCE,
-    "precompute_ref_log_probs": PREFERENCE, "max_prompt_len": PREFERENCE,
-    "trl": "online RL (GRPO with trl settings)", "vllm": "online RL (GRPO generation with vLLM)",
-    "reward_model": "reward-model training", "process_reward_model": "process-reward-model training",
-    "center_rewards_coefficient": "reward-model training", "num_labels": "classification heads (num_labels)",
+    "dpo_generate_during_eval": "generation samples during evaluation",
+    "vllm": "online RL (GRPO generation with vLLM)",
+    "process_reward_model": "process-reward-model training",
     "cls_model_config": "classification heads (num_labels)",
     "qat": "quantization-aware training (QAT)", "fp8": "FP8 training", "fp8_config": "FP8 training",
     "fp8_enable_fsdp_float8_all_gather": "FP8 training",
     "context_parallel_size": "context parallelism", "sequence_parallel_degree": "context parallelism",
     "heads_k_stride": "context parallelism", "ring_attn_func": "context parallelism",
-    "tensor_parallel_size": "tensor parallelism", "dp_shard_size": "N-D parallelism (dp_shard_size)",
+    "tensor_parallel_size": "tensor parallelism",
     "dp_replicate_size": "N-D parallelism (dp_replicate_size)",
     "expert_parallel_size": "expert parallelism", "expert_parallel_num_nvl_bytes": "expert parallelism",
     "expert_parallel_token_capacity": "expert parallelism",
-    "pretraining_dataset": "streaming pretraining datasets (pretraining_dataset)",
     "streaming": "streaming datasets", "pretrain_multipack_attn": "streaming pretraining datasets",
     "pretrain_multipack_buffer_size": "streaming pretraining datasets",
     "streaming_multipack_buffer_size": "streaming datasets",
