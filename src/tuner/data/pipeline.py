@@ -11,7 +11,6 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,10 +21,18 @@ from tuner.data.formats import EncodeContext, FieldError, get_format
 from tuner.data.formats.classification import classified_row
 from tuner.data.formats.preference import pair_row, unpaired_row
 from tuner.data.formats.prompts import prompt_row
-from tuner.data.labels import trained_count
-from tuner.data.mixture import MixSettings, describe_mixture, mix
+from tuner.data.labels import IGNORE
 from tuner.data.load import ROW, RawSource, load_hub, load_source, local_sources
-from tuner.data.tokenize import KEPT, NOTHING_TO_TRAIN, TOO_LONG, TOO_SHORT, TokenizeSettings, finish_row, split_row
+from tuner.data.mixture import MixSettings, describe_mixture, mix
+from tuner.data.tokenize import (
+    KEPT,
+    NOTHING_TO_TRAIN,
+    TOO_LONG,
+    TOO_SHORT,
+    TokenizeSettings,
+    finish_row,
+    split_row,
+)
 from tuner.errors import UserError
 
 if TYPE_CHECKING:
@@ -199,11 +206,15 @@ def _tokenize_batch(batch: dict[str, list[Any]], *, ds: DatasetConfig, src: RawS
     return out
 
 
-def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, num_proc: int | None) -> tuple[Dataset, dict[str, Any]]:
-    import numpy as np
+BATCH_ROWS = 1000  # raw rows per batched call into the fast tokenizer
+ROWS_PER_WORKER = 1000  # a source is split among dataset_num_proc workers only with at least this many rows each
+_JOB: tuple[Any, ...] | None = None  # what forked workers encode: set before they fork, read by _encode_job
+
+
+def _schema(ds: DatasetConfig) -> Any:
     from datasets import Features, Value
 
-    features = Features(
+    return Features(
         {
             **ROW_KINDS[get_format(ds).rows].features(),
             "status": Value("int8"),
@@ -212,24 +223,70 @@ def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encod
             ROW: Value("int64"),
             PIECE: Value("int32"),
         }
-    )
-    mapped = raw.map(
-        partial(_tokenize_batch, ds=ds, src=src, enc=enc),
-        batched=True,
-        batch_size=1000,
-        remove_columns=raw.column_names,
-        features=features,
-        num_proc=num_proc if num_proc and num_proc > 1 and raw.num_rows >= 2000 else None,
-        load_from_cache_file=False,
-        keep_in_memory=True,
-        desc=f"tokenizing {src.label}",
-    )
-    status = np.asarray(mapped["status"])
-    row_numbers = np.asarray(mapped[ROW])
-    kept = mapped.select(np.flatnonzero(status == KEPT)).remove_columns(["status", "truncated", "problem", ROW, PIECE])
-    piece = np.asarray(mapped[PIECE])
+    ).arrow_schema
+
+
+def _encode_range(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, start: int, stop: int) -> Any:
+    """Raw rows [start, stop) tokenized, as one Arrow table (_tokenize_batch's columns)."""
+    import pyarrow as pa
+
+    schema = _schema(ds)
+    tables = [pa.Table.from_pydict(_tokenize_batch(raw[at:min(at + BATCH_ROWS, stop)], ds=ds, src=src, enc=enc),
+                                   schema=schema) for at in range(start, stop, BATCH_ROWS)]
+    return pa.concat_tables(tables) if tables else schema.empty_table()
+
+
+def _encode_job(bounds: tuple[int, int]) -> Any:
+    assert _JOB is not None
+    return _encode_range(*_JOB, *bounds)
+
+
+def workers_for(rows: int, num_proc: int | None) -> int:
+    """How many processes tokenize a source of `rows` rows: `dataset_num_proc` (default one), fewer when
+    a worker would get under ROWS_PER_WORKER rows (starting it would cost more than it saves)."""
+    return max(1, min(num_proc or 1, rows // ROWS_PER_WORKER))
+
+
+def _encode_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, num_proc: int | None) -> Any:
+    """Every raw row tokenized (one Arrow table, in row order): in this process, or in
+    `dataset_num_proc` forked workers, each taking contiguous ranges of rows in turn."""
+    import multiprocessing
+    import os
+
+    import pyarrow as pa
+
+    global _JOB
+    n, workers = raw.num_rows, workers_for(raw.num_rows, num_proc)
+    if workers == 1:
+        return _encode_range(raw, ds, src, enc, 0, n)
+    step = max(BATCH_ROWS, math.ceil(n / (4 * workers)))  # a few ranges per worker, so none waits long for another
+    bounds = [(at, min(at + step, n)) for at in range(0, n, step)]
+    # Workers tokenize; the fast tokenizer's own thread pool would only compete with them (and it
+    # must not have run before a fork), so it is switched off, as the tokenizers library asks.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _JOB = (raw, ds, src, enc)
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:  # forked: nothing to pickle but results
+            tables = pool.map(_encode_job, bounds, chunksize=1)
+    finally:
+        _JOB = None
+    return pa.concat_tables(tables)
+
+
+def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, num_proc: int | None) -> tuple[Dataset, dict[str, Any]]:
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from datasets import Dataset
+
+    log.info("tokenizing %s (%d rows, %d processes)", src.label, raw.num_rows, workers_for(raw.num_rows, num_proc))
+    mapped = _encode_source(raw, ds, src, enc, num_proc)
+    status = mapped.column("status").to_numpy()
+    row_numbers = mapped.column(ROW).to_numpy()
+    piece = mapped.column(PIECE).to_numpy()
+    kept = Dataset(mapped.filter(pa.array(status == KEPT)).drop_columns(["status", "truncated", "problem", ROW, PIECE]))
     invalid_idx = np.flatnonzero(status == INVALID)
-    problems = mapped.select(invalid_idx[:SHOWN_ROWS])["problem"] if len(invalid_idx) else []
+    problems = mapped.column("problem").take(pa.array(invalid_idx[:SHOWN_ROWS])).to_pylist() if len(invalid_idx) else []
     invalid = src.invalid + [(int(row_numbers[i]), p) for i, p in zip(invalid_idx[:SHOWN_ROWS], problems)]
     stats = {
         "where": src.where(),
@@ -244,7 +301,7 @@ def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encod
             name: [int(r) + 1 for r in row_numbers[status == code][:SHOWN_ROWS]]
             for name, code in (("too_long", TOO_LONG), ("too_short", TOO_SHORT), ("nothing_to_train", NOTHING_TO_TRAIN))
         },
-        "truncated": int(np.asarray(mapped["truncated"]).sum()),
+        "truncated": int(pc.sum(mapped.column("truncated")).as_py() or 0),
     }
     if enc.settings.excess_length_strategy == "split":
         stats["split"] = int((piece == 1).sum())  # rows cut into pieces
@@ -295,12 +352,21 @@ def _build(entries: list[tuple[DatasetConfig, RawSource, Dataset]], enc: Encoder
 
 
 def _totals(rows: Dataset, kind: RowKind) -> dict[str, int]:
-    """Rows, tokens and trained tokens of prepared rows."""
-    import numpy as np
+    """Rows, tokens and trained tokens of prepared rows (Arrow compute over whole columns; the
+    rule is labels.trained_count's: a label that is not IGNORE, after each row's first)."""
+    import pyarrow.compute as pc
 
-    tokens = sum(int(sum(len(x) for x in rows[c])) for c in kind.token_columns)
-    numpy_rows = rows.with_format("numpy")
-    trained = sum(trained_count(np.asarray(lab)) for c in kind.label_columns for lab in numpy_rows[c])
+    table = rows.with_format("arrow")[:]  # the rows in order (an index mapping applied)
+
+    def total(values: Any) -> int:
+        return int(pc.sum(values).as_py() or 0)
+
+    tokens = sum(total(pc.list_value_length(table.column(c))) for c in kind.token_columns)
+    trained = 0
+    for c in kind.label_columns:
+        labels = table.column(c)
+        firsts = pc.list_element(labels.filter(pc.greater(pc.list_value_length(labels), 0)), 0)
+        trained += total(pc.not_equal(pc.list_flatten(labels), IGNORE)) - total(pc.not_equal(firsts, IGNORE))
     return {"rows": rows.num_rows, "tokens": tokens, "trained_tokens": trained}
 
 
