@@ -9,8 +9,8 @@ on the same tokens) or Axolotl `chat_template.default` rows ({"messages": [...],
 {...}, "rejected": {...}}), handed to TRL as conversational rows (prompt = messages,
 chosen/rejected = [message]).
 
-Settings: base weights in `--base-dtype` (bf16 by default), LoRA r16/alpha32/dropout 0 on
-"all-linear" (fp32 adapter weights), bf16 autocast, reference = the adapter disabled (TRL's
+Settings: `--precision` bf16 (the default: bf16 base weights, bf16 autocast) or fp32 (fp32
+weights, no autocast), LoRA r16/alpha32/dropout 0 on "all-linear" (fp32 adapter weights), reference = the adapter disabled (TRL's
 PEFT path, no second model), `--batch` pairs per step (one forward of 2 x batch sequences,
 right-padded), train_sampling_strategy="sequential" (the file's order), fused torch AdamW,
 2 threads, no gradient checkpointing (TRL's default turns it on; tuner's is off), max_length 1024.
@@ -35,7 +35,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--warmup-steps", type=int, default=2)
-    ap.add_argument("--base-dtype", choices=["fp32", "bf16"], default="bf16")
+    ap.add_argument("--precision", choices=["fp32", "bf16"], default="bf16",
+                    help="bf16: bf16 base weights and bf16 autocast; fp32: fp32 weights, no autocast")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--out", required=True)
@@ -52,7 +53,7 @@ def main() -> None:
     pairs = [{"prompt": r["messages"], "chosen": [r["chosen"]], "rejected": [r["rejected"]]} if "messages" in r
              else {k: r[k] for k in ("prompt", "chosen", "rejected")} for r in rows]
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-    base_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.base_dtype]
+    base_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.precision]
     model = AutoModelForCausalLM.from_pretrained(args.model_dir, dtype=base_dtype, attn_implementation="sdpa")
     model.config.use_cache = False
     peft_config = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules="all-linear", bias="none",
@@ -70,7 +71,7 @@ def main() -> None:
         optim="adamw_torch_fused",
         beta=args.beta,
         loss_type=["sigmoid"],
-        bf16=True,
+        bf16=args.precision == "bf16",
         use_cpu=True,
         gradient_checkpointing=False,
         logging_steps=1,

@@ -93,7 +93,7 @@ lr_scheduler: cosine
 warmup_steps: 2
 weight_decay: 0.0
 max_grad_norm: 1.0
-bf16: true
+bf16: {'true' if a.precision == 'bf16' else 'false'}
 logging_steps: 1
 seed: {a.seed}
 """,
@@ -134,7 +134,10 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=5e-5)
     ap.add_argument("--beta", type=float, default=0.1)
     ap.add_argument("--seed", type=int, default=7)
-    ap.add_argument("--bench-venv", default=str(Path(sys.executable).resolve().parents[1]))
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                    help="fp32 where the CPU has no fast bf16 matmuls (no AMX / AVX512-BF16): torch's bf16 "
+                         "fallback there is orders of magnitude slower and would time the fallback")
+    ap.add_argument("--bench-venv", default=sys.prefix, help="the venv TRL is installed in (default: this interpreter's)")
     ap.add_argument("--tuner-venv", default=str(C.REPO / ".venv"))
     ap.add_argument("--workdir", default="/tmp/tuner-bench/preference")
     ap.add_argument("--out", default=str(C.BENCH / "results" / "preference_throughput.json"))
@@ -185,7 +188,7 @@ def main() -> None:
             else:
                 cmd = [bench_py, str(C.BENCH / "_run_trl_dpo.py"), "--model-dir", model_dir, "--data", str(trl_data),
                        "--steps", str(a.steps), "--batch", str(a.batch), "--lr", str(a.lr), "--beta", str(a.beta),
-                       "--seed", str(a.seed), "--workdir", str(work / tag), "--out", str(out)]
+                       "--seed", str(a.seed), "--precision", a.precision, "--workdir", str(work / tag), "--out", str(out)]
             print(f"[rep {rep + 1}/{a.repeats}] {c} ...", end=" ", flush=True)
             rc, wall, trace = C.run_worker(cmd, env=env, log_path=log)
             if rc != 0:
@@ -210,7 +213,8 @@ def main() -> None:
     load_after = load()
 
     lines = [
-        (f"DPO, SmolLM2-135M-Instruct + LoRA r16 (all linear), {a.batch} pairs/step, bf16 autocast, 2 threads; "
+        (f"DPO, SmolLM2-135M-Instruct + LoRA r16 (all linear), {a.batch} pairs/step, "
+         f"{'bf16 autocast' if a.precision == 'bf16' else 'fp32'}, 2 threads; "
          f"{a.steps} steps, first {a.skip} not measured; median of {a.repeats}"),
         f"load average (1, 5, 15 min) before: {load_before}; after: {load_after} (2 cores, shared machine)",
         f"same pairs and tokens every step: {same_tokens}",
