@@ -14,7 +14,8 @@ Modes
   padding_free  padding_free=True without packing: exactly tuner's 8 rows per step,
                 concatenated into one sequence (position_ids restart per row).
 
-Same base folder (the one tuner converted), bf16 autocast (bf16=True) with the frozen base
+Same base folder (the one tuner converted), bf16 autocast (bf16=True; --precision fp32: none,
+for CPUs without fast bf16 matmuls) with the frozen base
 weights in `--base-dtype` (bf16 by default, as tuner holds them with an adapter under bf16;
 fp32 for tuner versions before that) and fp32 LoRA weights,
 LoRA r16/alpha32/dropout 0 on "all-linear", fused torch AdamW, 2 threads, no gradient
@@ -99,17 +100,28 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--base-dtype", choices=["fp32", "bf16"], default="bf16",
                     help="dtype of the frozen base weights (LoRA weights stay fp32: peft upcasts adapters)")
+    ap.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
+                    help="bf16: accelerate's bf16 autocast (bf16=True); fp32: no mixed precision (CPUs without AMX)")
     ap.add_argument("--workdir", required=True)
     ap.add_argument("--check-labels", action="store_true")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--probe", default=None, help="write bench/_memprobe.py's readings here (JSON)")
     args = ap.parse_args()
     torch.set_num_threads(2)
+    probe = None
+    if args.probe:  # where the memory is: bench/_memprobe.py (started after torch's import)
+        import _memprobe
+
+        probe = _memprobe.Probe().start()
 
     import trl
     from datasets import Dataset
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
+
+    if probe is not None:
+        probe.mark("libraries imported")
 
     dump = json.loads(Path(args.dump).read_text())
     base = dump["base_path"]
@@ -158,7 +170,7 @@ def main() -> None:
         weight_decay=0.0,
         max_grad_norm=1.0,
         optim="adamw_torch_fused",
-        bf16=True,
+        bf16=args.precision == "bf16",
         use_cpu=True,
         gradient_checkpointing=False,
         logging_steps=1,
@@ -183,9 +195,13 @@ def main() -> None:
         def on_train_begin(self, args_, state, control, **kw):
             timeline["train_begin"] = time.time()
             timeline["train_begin_pc"] = time.perf_counter()
+            if probe is not None:
+                probe.mark("setup done")
 
         def on_step_end(self, args_, state, control, **kw):
             timeline["step_end"].append((time.time(), time.perf_counter()))
+            if probe is not None:
+                probe.mark(f"step {state.global_step}")
 
     t_init = time.perf_counter()
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
@@ -239,6 +255,9 @@ def main() -> None:
         "label_check": label_check,
     }
     Path(args.out).write_text(json.dumps(result))
+    if probe is not None:
+        probe.stop()
+        probe.write(args.probe)
 
 
 def check_labels(trainer, dump, order, mode, collator, pad_id, batch_size) -> dict:
