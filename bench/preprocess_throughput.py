@@ -1,31 +1,38 @@
-"""Preprocessing throughput: tuner vs TRL's SFT dataset preparation, same tokenizer, cold.
+"""Preprocessing throughput: tuner vs Axolotl 0.19 vs TRL 1.16, same tokenizer, cold and cached.
 
 Two datasets of 20,000 rows each: alpaca rows, and multi-turn conversations (2-4 exchanges).
 
-    /work/bench-venv/bin/python bench/preprocess_throughput.py            # 20,000 alpaca rows, 3 repetitions
-    /work/bench-venv/bin/python bench/preprocess_throughput.py --quick    # 1 repetition
+    flock /tmp/team/cpu.lock /work/bench-venv/bin/python bench/preprocess_throughput.py   # 3 repetitions
+    /work/bench-venv/bin/python bench/preprocess_throughput.py --quick --rows 2000         # a smoke run
 
-Each measurement is a fresh process with fresh cache folders (its own dataset_prepared_path
-and HF_DATASETS_CACHE), alternating tuner and TRL:
-  tuner_cli     `python -m tuner preprocess <yml>` (whole process: rows / wall seconds)
-  tuner_phases  the same work in-process, phase by phase (bench/_tuner_prep.py)
-  trl           load_dataset("json") + map to prompt/completion + SFTTrainer._prepare_dataset
-                (bench/_trl_prep.py), whole process and phase by phase
-Then the time for a fresh process to load tuner's prepared data from its cache: import
-torch; import tuner (+transformers, datasets); load the config; resolve the base and the
-tokenizer; `prepare` (fingerprint and load_from_disk).
+Every measurement is a fresh process, each contender in its own venv, timed whole (wall from
+spawn to exit) with the peak RSS of its process tree (sampled every 50 ms, workers included),
+the contenders' order rotating between repetitions:
+  tuner    `python -m tuner preprocess <yml>` (tuner's venv)
+  axolotl  `axolotl preprocess <yml> --no-download` (/work/axolotl-venv; offline: HF_HUB_OFFLINE=1,
+           AXOLOTL_DO_NOT_TRACK=1, DO_NOT_TRACK=1; data as `path: FILE` + `ds_type: json`)
+  trl      load_dataset("json") + map to prompt/completion + SFTTrainer._prepare_dataset
+           (bench/_trl_prep.py, /work/bench-venv)
+cold: an empty prepared folder and an empty HF_DATASETS_CACHE; cached: the same command again
+on what the cold run left (tuner's and Axolotl's prepared folders, TRL's datasets cache).
+Every contender gets the same `dataset_num_proc` (--num-proc, default 2: Axolotl's default on
+this 2-core machine is os.cpu_count()). After each cold run the prepared rows are counted
+(untimed: tuner's meta.json, bench/_axolotl_count.py, TRL's own count): rows and trained tokens
+must agree for the comparison to be fair.
 
-Chat data: tuner `type: chat_template` (SmolLM2's own template, every assistant turn
-trained); TRL gets the same `messages` as a conversational language-modelling dataset,
-which it renders with the same template and tokenizes. TRL's `assistant_only_loss` needs a
-template with `{% generation %}` markers, which SmolLM2's lacks, so TRL builds no label mask
-there: it does less work than tuner for the same rows (the comparison favours TRL).
+Chat data: `type: chat_template` with SmolLM2's own template for tuner and Axolotl (every
+assistant turn and its <|im_end|> trained: roles_to_train [assistant], train_on_eos turn);
+TRL gets the same `messages` as a conversational language-modelling dataset, which it renders
+with the same template and tokenizes. TRL's `assistant_only_loss` needs a template with
+`{% generation %}` markers, which SmolLM2's lacks, so TRL builds no label mask there: it does
+less work than the others for the same rows (the comparison favours TRL).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -34,18 +41,40 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common as C  # noqa: E402
+import _common as C
 
 
-def tuner_config(path: Path, data: Path, prepared: Path, kind: str, seq_len: int) -> None:
+def tuner_config(path: Path, data: Path, prepared: Path, kind: str, seq_len: int, num_proc: int | None = None) -> None:
     dataset = f"  - path: {data}\n    type: alpaca\n" if kind == "alpaca" else (
-        f"  - path: {data}\n    type: chat_template\n    field_messages: messages\n")
+        f"  - path: {data}\n    type: chat_template\n    field_messages: messages\n"
+        "    roles_to_train: [assistant]\n    train_on_eos: turn\n")
     path.write_text(
         f"base_model: {C.BASE_MODEL_SPEC}\ndatasets:\n{dataset}dataset_prepared_path: {prepared}\n"
         f"sequence_len: {seq_len}\nadapter: lora\nlora_target_linear: true\nlearning_rate: 2.0e-4\n"
-        "max_steps: 1\nbf16: auto\n",
+        "max_steps: 1\nbf16: auto\n" + (f"dataset_num_proc: {num_proc}\n" if num_proc else ""),
         encoding="utf-8",
     )
+
+
+def axolotl_config(path: Path, base: str, data: Path, prepared: Path, kind: str, seq_len: int, num_proc: int,
+                   output_dir: Path) -> None:
+    """The same preparation as tuner_config, in Axolotl 0.19's keys (the converted SmolLM2 folder as base)."""
+    dataset = f"  - path: {data}\n    ds_type: json\n    type: alpaca\n" if kind == "alpaca" else (
+        f"  - path: {data}\n    ds_type: json\n    type: chat_template\n    field_messages: messages\n"
+        "    roles_to_train: [assistant]\n    train_on_eos: turn\n")
+    path.write_text(
+        f"base_model: {base}\ntokenizer_config: {base}\ndatasets:\n{dataset}"
+        + ("chat_template: tokenizer_default\n" if kind == "chat" else "")
+        + f"sequence_len: {seq_len}\nsample_packing: false\nval_set_size: 0\ndataset_prepared_path: {prepared}\n"
+        f"dataset_num_proc: {num_proc}\noutput_dir: {output_dir}\nmicro_batch_size: 1\n"
+        "gradient_accumulation_steps: 1\nnum_epochs: 1\nlearning_rate: 0.0002\nadapter: lora\n"
+        "lora_target_linear: true\nlora_r: 8\nlora_alpha: 16\n",
+        encoding="utf-8",
+    )
+
+
+def axolotl_env(**extra: str) -> dict[str, str]:
+    return C.bench_env(AXOLOTL_DO_NOT_TRACK="1", DO_NOT_TRACK="1", **extra)
 
 
 def chat_rows(alpaca: list[dict], n_rows: int, seed: int) -> list[dict]:
@@ -75,90 +104,89 @@ def fresh(work: Path, name: str) -> Path:
     return p
 
 
+CONTENDERS = ("tuner", "axolotl", "trl")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1 repetition")
+    ap.add_argument("--kinds", default="alpaca,chat")
+    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--num-proc", type=int, default=2, help="dataset_num_proc for every contender")
     ap.add_argument("--sequence-len", type=int, default=512)
     ap.add_argument("--data-seed", type=int, default=1234)
     ap.add_argument("--tuner-venv", default=str(C.REPO / ".venv"))
     ap.add_argument("--bench-venv", default="/work/bench-venv")
+    ap.add_argument("--axolotl-venv", default="/work/axolotl-venv")
+    ap.add_argument("--tuner-src", default=None,
+                    help="also time tuner from this src folder (PYTHONPATH) as contender tuner_src: a change not yet "
+                         "in the tree")
     ap.add_argument("--workdir", default="/tmp/tuner-bench/preprocess")
     ap.add_argument("--json", default=None)
     a = ap.parse_args()
     if a.quick:
         a.repeats = 1
-    tuner_py, bench_py = C.python_of(a.tuner_venv), C.python_of(a.bench_venv)
+    py = {"tuner": C.python_of(a.tuner_venv), "trl": C.python_of(a.bench_venv), "axolotl": C.python_of(a.axolotl_venv)}
+    axolotl_cli = str(Path(a.axolotl_venv) / "bin" / "axolotl")
+    contenders = [c for c in a.contenders.split(",") if c] + (["tuner_src"] if a.tuner_src else [])
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
     env = C.bench_env()
 
-    base = C.base_folder(tuner_py, env)
+    base = C.base_folder(py["tuner"], env)
     alpaca = C.generate_alpaca(a.rows, a.data_seed, Path(base) / "tokenizer.json")
     data = {"alpaca": work / f"alpaca_{a.rows}.jsonl", "chat": work / f"chat_{a.rows}.jsonl"}
     C.write_jsonl(alpaca, data["alpaca"])
     C.write_jsonl(chat_rows(alpaca, a.rows, a.data_seed), data["chat"])
-    print(f"base folder: {base}\ndata: {a.rows} rows ({', '.join(f'{k}: {v}' for k, v in data.items())})")
+    load_before = os.getloadavg()
+    print(f"base folder: {base}\ndata: {a.rows} rows ({', '.join(f'{k}: {v}' for k, v in data.items())})\n"
+          f"dataset_num_proc: {a.num_proc} for every contender; load average before: {load_before}")
     for k, v in C.describe_distribution().items():
         print(f"  {k}: {v}")
 
-    kinds = ["alpaca"]
-    skipped = None
-    chat_cfg = work / "chat_validate.yml"
-    tuner_config(chat_cfg, data["chat"], work / "unused", "chat", a.sequence_len)
-    v = subprocess.run([tuner_py, "-m", "tuner", "validate", str(chat_cfg)], env=env, capture_output=True, text=True)
-    if v.returncode == 0:
-        kinds.append("chat")
-    else:
-        skipped = (v.stderr.strip().splitlines() or ["(no message)"])[-1]
-        print(f"chat: skipped, `tuner validate` rejects `type: chat_template`: {skipped}")
-
-    results: dict = {k: {"tuner_cli": [], "tuner_phases": [], "trl": [], "tuner_cached": []} for k in kinds}
+    kinds = [k for k in a.kinds.split(",") if k]
+    results: dict = {k: {c: {"cold": [], "cached": []} for c in contenders} for k in kinds}
     failures: list[str] = []
     for kind in kinds:
+        seq_len = a.sequence_len if kind == "alpaca" else 2 * a.sequence_len  # no conversation dropped
         for rep in range(a.repeats):
-            order = ["tuner_cli", "trl", "tuner_phases"] if rep % 2 == 0 else ["trl", "tuner_phases", "tuner_cli"]
+            order = contenders[rep % len(contenders):] + contenders[:rep % len(contenders)]
             for what in order:
                 tag = f"{kind}-{what}-rep{rep + 1}"
                 cache = fresh(work, f"{tag}-hfcache")
                 prepared = fresh(work, f"{tag}-prepared")
-                run_env = C.bench_env(HF_DATASETS_CACHE=str(cache))
                 out = work / f"{tag}.json"
-                log = work / "logs" / f"{tag}.log"
                 cfg = work / f"{tag}.yml"
-                seq_len = a.sequence_len if kind == "alpaca" else 2 * a.sequence_len  # no conversation dropped
-                tuner_config(cfg, data[kind], prepared, kind, seq_len)
-                if what == "tuner_cli":
-                    cmd = [tuner_py, "-m", "tuner", "preprocess", str(cfg)]
-                elif what == "tuner_phases":
-                    cmd = [tuner_py, str(C.BENCH / "_tuner_prep.py"), str(cfg), "--out", str(out), "--expect", "cold"]
+                if what in ("tuner", "tuner_src"):
+                    tuner_config(cfg, data[kind], prepared, kind, seq_len, a.num_proc)
+                    cmd, run_env = [py["tuner"], "-m", "tuner", "preprocess", str(cfg)], C.bench_env(HF_DATASETS_CACHE=str(cache))
+                    if what == "tuner_src":
+                        run_env["PYTHONPATH"] = str(Path(a.tuner_src).resolve())
+                elif what == "axolotl":
+                    axolotl_config(cfg, base, data[kind], prepared, kind, seq_len, a.num_proc, work / f"{tag}-out")
+                    cmd, run_env = [axolotl_cli, "preprocess", str(cfg), "--no-download"], axolotl_env(
+                        HF_DATASETS_CACHE=str(cache), HF_HOME=str(cache / "hf_home"))
                 else:
-                    cmd = [bench_py, str(C.BENCH / "_trl_prep.py"), "--data", str(data[kind]), "--kind", kind,
+                    cmd = [py["trl"], str(C.BENCH / "_trl_prep.py"), "--data", str(data[kind]), "--kind", kind,
                            "--tokenizer", base, "--max-length", str(seq_len), "--workdir", str(cache / "out"),
-                           "--out", str(out)]
-                print(f"[{kind} rep {rep + 1}] {what} ...", end=" ", flush=True)
-                rc, wall, trace = C.run_worker(cmd, env=run_env, log_path=log)
-                if rc != 0:
-                    print("FAILED")
-                    failures.append(f"{tag}: exit {rc}: {C.tail(log, 3)}")
-                    continue
-                entry = {"wall": wall, "rows_per_s": a.rows / wall, "peak_rss_mb": trace.peak() / 2**20}
-                if out.is_file():
-                    entry.update(C.read_json(out))
-                results[kind][what].append(entry)
-                print(f"{wall:.1f} s wall, {a.rows / wall:,.0f} rows/s")
-                if what == "tuner_phases":
-                    # A fresh process loading the data just prepared, from tuner's cache.
-                    out2 = work / f"{tag}-cached.json"
-                    cmd = [tuner_py, str(C.BENCH / "_tuner_prep.py"), str(cfg), "--out", str(out2), "--expect", "cached"]
-                    rc, wall, trace = C.run_worker(cmd, env=run_env, log_path=work / "logs" / f"{tag}-cached.log")
-                    if rc == 0:
-                        results[kind]["tuner_cached"].append({"wall": wall, **C.read_json(out2)})
-                    else:
-                        failures.append(f"{tag}-cached: exit {rc}")
+                           "--out", str(out), "--num-proc", str(a.num_proc)]
+                    run_env = C.bench_env(HF_DATASETS_CACHE=str(cache))
+                for state in ("cold", "cached"):
+                    print(f"[{kind} rep {rep + 1}] {what} {state} ...", end=" ", flush=True)
+                    load = os.getloadavg()[0]
+                    rc, wall, trace = C.run_worker(cmd, env=run_env, log_path=work / "logs" / f"{tag}-{state}.log")
+                    if rc != 0:
+                        print("FAILED")
+                        failures.append(f"{tag}-{state}: exit {rc}: {C.tail(work / 'logs' / f'{tag}-{state}.log', 3)}")
+                        break
+                    entry = {"wall": wall, "rows_per_s": a.rows / wall, "peak_rss_mb": trace.peak() / 2**20, "load_1min": load}
+                    if state == "cold":
+                        entry.update(counts(what, prepared, out, py["axolotl"], work / f"{tag}-counts.json"))
+                    results[kind][what][state].append(entry)
+                    print(f"{wall:.1f} s wall, {a.rows / wall:,.0f} rows/s, peak RSS {entry['peak_rss_mb']:,.0f} MiB")
 
-    # Report.
     def med(values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")
 
@@ -166,61 +194,54 @@ def main() -> None:
     summary: dict = {}
     for kind in kinds:
         r = results[kind]
-        cli, trl, ph, cached = r["tuner_cli"], r["trl"], r["tuner_phases"], r["tuner_cached"]
-        if not (cli and trl):
-            print(f"{kind}: incomplete ({len(cli)} tuner, {len(trl)} TRL runs)")
-            continue
-        s = {
-            "tuner_cli_wall": med([x["wall"] for x in cli]),
-            "trl_wall": med([x["wall"] for x in trl]),
-            "tuner_prepare_s": med([x["phases"]["prepare"] for x in ph]),
-            "trl_prepare_s": med([x["phases"]["load_dataset"] + x["phases"]["to_prompt_completion"]
-                                  + x["phases"]["sft_prepare_dataset"] for x in trl]),
-        }
-        s["tuner_rows_per_s"] = a.rows / s["tuner_cli_wall"]
-        s["trl_rows_per_s"] = a.rows / s["trl_wall"]
-        s["tuner_prepare_rows_per_s"] = a.rows / s["tuner_prepare_s"]
-        s["trl_prepare_rows_per_s"] = a.rows / s["trl_prepare_s"]
-        s["ratio_whole_process"] = s["tuner_rows_per_s"] / s["trl_rows_per_s"]
-        s["ratio_data_stage"] = s["tuner_prepare_rows_per_s"] / s["trl_prepare_rows_per_s"]
-        s["rows_out"] = {"tuner": ph[0]["rows"] if ph else None, "trl": trl[0]["rows"]}
-        s["trained_tokens"] = {"tuner": ph[0]["trained_tokens"] if ph else None, "trl": trl[0]["trained_tokens"]}
+        s = {c: {state: {"wall": med([x["wall"] for x in r[c][state]]),
+                         "peak_rss_mb": med([x["peak_rss_mb"] for x in r[c][state]]),
+                         "runs": len(r[c][state])} for state in ("cold", "cached")} for c in contenders}
+        for c in contenders:
+            for state in ("cold", "cached"):
+                s[c][state]["rows_per_s"] = a.rows / s[c][state]["wall"]
+            first = r[c]["cold"][0] if r[c]["cold"] else {}
+            s[c]["rows_out"], s[c]["trained_tokens"] = first.get("rows"), first.get("trained_tokens")
+        s["ratios"] = {f"{t}_over_{c}": {state: s[t][state]["rows_per_s"] / s[c][state]["rows_per_s"]
+                                         for state in ("cold", "cached")}
+                       for t in contenders if t.startswith("tuner") for c in contenders if not c.startswith("tuner")}
         summary[kind] = s
-        print(f"{kind}: {a.rows:,} rows, cold, median of {len(cli)}")
+        print(f"{kind}: {a.rows:,} rows, dataset_num_proc {a.num_proc}, median of {a.repeats} (whole process: "
+              "spawn to exit; peak RSS: the process tree)")
         C.print_table(
-            ["", "whole process s", "rows/s", "data stage s", "rows/s (data stage)", "rows out", "trained tokens"],
-            [["tuner", C.fmt(s["tuner_cli_wall"]), C.fmt(s["tuner_rows_per_s"]), C.fmt(s["tuner_prepare_s"]),
-              C.fmt(s["tuner_prepare_rows_per_s"]), str(s["rows_out"]["tuner"]), str(s["trained_tokens"]["tuner"])],
-             ["TRL", C.fmt(s["trl_wall"]), C.fmt(s["trl_rows_per_s"]), C.fmt(s["trl_prepare_s"]),
-              C.fmt(s["trl_prepare_rows_per_s"]), str(s["rows_out"]["trl"]), str(s["trained_tokens"]["trl"])]],
+            ["", "cold s", "cold rows/s", "cold peak RSS MiB", "cached s", "cached peak RSS MiB", "rows out",
+             "trained tokens"],
+            [[c, C.fmt(s[c]["cold"]["wall"]), C.fmt(s[c]["cold"]["rows_per_s"]), C.fmt(s[c]["cold"]["peak_rss_mb"]),
+              C.fmt(s[c]["cached"]["wall"]), C.fmt(s[c]["cached"]["peak_rss_mb"]), str(s[c]["rows_out"]),
+              str(s[c]["trained_tokens"])] for c in contenders],
         )
-        print(f"  tuner / TRL rows/s: whole process {s['ratio_whole_process']:.2f}x, data stage {s['ratio_data_stage']:.2f}x")
-        print("  data stage = tuner: prepare() (fingerprint, load, tokenize, save, reload); "
-              "TRL: load_dataset + map to prompt/completion + SFTTrainer._prepare_dataset")
-        if ph:
-            print("  tuner phases (s, median): " + ", ".join(
-                f"{k} {med([x['phases'][k] for x in ph]):.2f}" for k in ph[0]["phases"]))
-        print("  TRL phases (s, median): " + ", ".join(
-            f"{k} {med([x['phases'][k] for x in trl]):.2f}" for k in trl[0]["phases"]))
-        if cached:
-            ph_c = {k: med([x["phases"][k] for x in cached]) for k in cached[0]["phases"]}
-            beyond = sum(v for k, v in ph_c.items() if k != "import_torch")
-            own = ph_c["load_config"] + ph_c["resolve_base"] + ph_c["load_tokenizer"] + ph_c["prepare"]
-            s["cached_load"] = {"wall": med([x["wall"] for x in cached]), "phases": ph_c,
-                                "beyond_import_torch": beyond, "tuner_own_work": own}
-            print(f"  fresh process loading tuner's prepared {kind} data from its cache: "
-                  f"{s['cached_load']['wall']:.2f} s wall; import torch {ph_c['import_torch']:.2f} s, "
-                  f"everything after it {beyond:.2f} s, of which tuner's own work (config, base, tokenizer, "
-                  f"prepare) {own:.2f} s: " + ", ".join(f"{k} {v:.3f}" for k, v in ph_c.items()))
+        for name, ratio in s.get("ratios", {}).items():
+            print(f"  {name.replace('_over_', ' / ')} rows/s: cold {ratio['cold']:.2f}x, cached {ratio['cached']:.2f}x")
         print()
-    if skipped:
-        print(f"chat: skipped ({skipped})")
+    load_after = os.getloadavg()
+    print(f"load average before {load_before}, after {load_after}")
     for f in failures:
         print(f"FAILED: {f}")
     Path(a.json or work / "results.json").write_text(json.dumps(
         {"settings": vars(a), "distribution": C.describe_distribution(), "results": results, "summary": summary,
-         "chat_skipped": skipped, "failures": failures, "tuner_source": C.tuner_source(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
+         "load_before": load_before, "load_after": load_after, "failures": failures, "tuner_source": C.tuner_source(),
+         "when": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2))
     print(f"all results: {a.json or work / 'results.json'}")
+
+
+def counts(what: str, prepared: Path, out: Path, axolotl_py: str, counts_json: Path) -> dict:
+    """Rows and trained tokens a cold run wrote (read after it, untimed)."""
+    if what.startswith("tuner"):
+        metas = list(prepared.glob("*/meta.json"))
+        stats = C.read_json(metas[0])["stats"] if len(metas) == 1 else {}
+        return {"rows": stats.get("rows"), "trained_tokens": stats.get("trained_tokens")}
+    if what == "axolotl":
+        rc = subprocess.run([axolotl_py, str(C.BENCH / "_axolotl_count.py"), str(prepared), "--out", str(counts_json)],
+                            check=False, env=C.bench_env(), capture_output=True, text=True).returncode
+        found = C.read_json(counts_json) if rc == 0 else {}
+        return {"rows": found.get("rows"), "trained_tokens": found.get("trained_tokens")}
+    found = C.read_json(out) if out.is_file() else {}
+    return {"rows": found.get("rows"), "trained_tokens": found.get("trained_tokens")}
 
 
 if __name__ == "__main__":
