@@ -30,6 +30,7 @@ def main() -> None:
     from tuner.config import load_config
     from tuner.train.loop import train
     from tuner.train.setup import Hooks
+    from tuner.train.objectives.base import combined_loss
     from tuner.train.step import Totals, accumulate_gradients as tuners_own
 
     cfg = load_config(a.config, ["--max_steps", str(a.steps), "--overwrite_output_dir", "true"])
@@ -44,20 +45,25 @@ def main() -> None:
             state["prof"].__enter__()
         t0 = time.perf_counter()
         with record_function("tuner.step"):
-            # the same work as tuner.train.step.accumulate_gradients (one process), timed in two phases
-            step_trained = sum(objective.counts(b)["trained_tokens"] for b in batches)
-            loss_sum = 0.0
+            # the same work as tuner.train.step.accumulate_gradients (one process, any objective), timed in two phases
+            counts: dict[str, float] = {}
+            for b in batches:
+                for k, v in objective.counts(b).items():
+                    counts[k] = counts.get(k, 0) + v
+            sums: dict[str, float] = {}
             for batch in batches:
                 t = time.perf_counter()
                 with accelerator.autocast():
-                    summed = objective.sums(model(**batch))["loss"]
+                    out = objective.sums(model(**batch))
+                    loss = sum(out[term] / counts[c] for term, c in objective.loss_terms.items())
                 state["phase"]["forward+loss"] += time.perf_counter() - t
                 t = time.perf_counter()
-                accelerator.backward(summed / step_trained)
+                accelerator.backward(loss)
                 state["phase"]["backward"] += time.perf_counter() - t
-                loss_sum += float(summed.detach())
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
         state["wall"] += time.perf_counter() - t0
-        return Totals({"loss": loss_sum}, {"trained_tokens": step_trained}, loss_sum / step_trained)
+        return Totals(sums, counts, combined_loss(objective, sums, counts))
 
     train(cfg, hooks=Hooks(accumulate=accumulate_gradients, save=False))
     prof = state["prof"]

@@ -24,7 +24,10 @@ def test_example_data_prepares(path, tmp_path, monkeypatch, smol_model_dir):
     base = resolve_base(cfg.model)
     prepared = prepare(cfg, load_tokenizer(cfg.model, base), tokenizer_files(cfg.model, base))
     assert prepared.train.num_rows > 0
-    assert prepared.stats["trained_tokens"] > 0
+    if cfg.preference.rl == "grpo":  # prompts only: the completions are sampled (and trained) in training
+        assert prepared.stats["tokens"] > 0 and prepared.stats["trained_tokens"] == 0
+    else:
+        assert prepared.stats["trained_tokens"] > 0
     assert all(s["invalid"] == 0 for s in prepared.stats["sources"])
 
 
