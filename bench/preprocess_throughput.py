@@ -14,7 +14,11 @@ the contenders' order rotating between repetitions:
   trl      load_dataset("json") + map to prompt/completion + SFTTrainer._prepare_dataset
            (bench/_trl_prep.py, /work/bench-venv)
 cold: an empty prepared folder and an empty HF_DATASETS_CACHE; cached: the same command again
-on what the cold run left (tuner's and Axolotl's prepared folders, TRL's datasets cache).
+on what the cold run left (tuner's prepared folder, TRL's datasets cache). Axolotl's `preprocess`
+never reads its prepared folder (axolotl/utils/data/shared.py skips it under `is_preprocess`), so
+its second run prepares again, with only the raw JSON already in the datasets cache. Besides wall
+seconds, the CPU seconds of each run's process tree (user + sys, workers included) are recorded:
+on a machine others are using, they measure the work done better than wall time does.
 Every contender gets the same `dataset_num_proc` (--num-proc, default 2: Axolotl's default on
 this 2-core machine is os.cpu_count()). After each cold run the prepared rows are counted
 (untimed: tuner's meta.json, bench/_axolotl_count.py, TRL's own count): rows and trained tokens
@@ -33,6 +37,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -176,16 +181,21 @@ def main() -> None:
                 for state in ("cold", "cached"):
                     print(f"[{kind} rep {rep + 1}] {what} {state} ...", end=" ", flush=True)
                     load = os.getloadavg()[0]
+                    before = resource.getrusage(resource.RUSAGE_CHILDREN)
                     rc, wall, trace = C.run_worker(cmd, env=run_env, log_path=work / "logs" / f"{tag}-{state}.log")
+                    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the whole tree, once its workers are reaped
+                    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
                     if rc != 0:
                         print("FAILED")
                         failures.append(f"{tag}-{state}: exit {rc}: {C.tail(work / 'logs' / f'{tag}-{state}.log', 3)}")
                         break
-                    entry = {"wall": wall, "rows_per_s": a.rows / wall, "peak_rss_mb": trace.peak() / 2**20, "load_1min": load}
+                    entry = {"wall": wall, "cpu_s": cpu, "rows_per_s": a.rows / wall, "peak_rss_mb": trace.peak() / 2**20,
+                             "load_1min": load}
                     if state == "cold":
                         entry.update(counts(what, prepared, out, py["axolotl"], work / f"{tag}-counts.json"))
                     results[kind][what][state].append(entry)
-                    print(f"{wall:.1f} s wall, {a.rows / wall:,.0f} rows/s, peak RSS {entry['peak_rss_mb']:,.0f} MiB")
+                    print(f"{wall:.1f} s wall, {cpu:.1f} CPU s, {a.rows / wall:,.0f} rows/s, peak RSS "
+                          f"{entry['peak_rss_mb']:,.0f} MiB, load {load:.1f}")
 
     def med(values: list[float]) -> float:
         return statistics.median(values) if values else float("nan")
@@ -194,7 +204,7 @@ def main() -> None:
     summary: dict = {}
     for kind in kinds:
         r = results[kind]
-        s = {c: {state: {"wall": med([x["wall"] for x in r[c][state]]),
+        s = {c: {state: {"wall": med([x["wall"] for x in r[c][state]]), "cpu_s": med([x["cpu_s"] for x in r[c][state]]),
                          "peak_rss_mb": med([x["peak_rss_mb"] for x in r[c][state]]),
                          "runs": len(r[c][state])} for state in ("cold", "cached")} for c in contenders}
         for c in contenders:
@@ -202,21 +212,24 @@ def main() -> None:
                 s[c][state]["rows_per_s"] = a.rows / s[c][state]["wall"]
             first = r[c]["cold"][0] if r[c]["cold"] else {}
             s[c]["rows_out"], s[c]["trained_tokens"] = first.get("rows"), first.get("trained_tokens")
-        s["ratios"] = {f"{t}_over_{c}": {state: s[t][state]["rows_per_s"] / s[c][state]["rows_per_s"]
-                                         for state in ("cold", "cached")}
+        s["ratios"] = {f"{t}_over_{c}": {**{state: s[t][state]["rows_per_s"] / s[c][state]["rows_per_s"]
+                                            for state in ("cold", "cached")},
+                                         "cold_cpu": s[c]["cold"]["cpu_s"] / s[t]["cold"]["cpu_s"]}
                        for t in contenders if t.startswith("tuner") for c in contenders if not c.startswith("tuner")}
         summary[kind] = s
         print(f"{kind}: {a.rows:,} rows, dataset_num_proc {a.num_proc}, median of {a.repeats} (whole process: "
               "spawn to exit; peak RSS: the process tree)")
         C.print_table(
-            ["", "cold s", "cold rows/s", "cold peak RSS MiB", "cached s", "cached peak RSS MiB", "rows out",
-             "trained tokens"],
-            [[c, C.fmt(s[c]["cold"]["wall"]), C.fmt(s[c]["cold"]["rows_per_s"]), C.fmt(s[c]["cold"]["peak_rss_mb"]),
-              C.fmt(s[c]["cached"]["wall"]), C.fmt(s[c]["cached"]["peak_rss_mb"]), str(s[c]["rows_out"]),
+            ["", "cold s", "cold rows/s", "cold CPU s", "cold peak RSS MiB", "cached s", "cached CPU s",
+             "cached peak RSS MiB", "rows out", "trained tokens"],
+            [[c, C.fmt(s[c]["cold"]["wall"]), C.fmt(s[c]["cold"]["rows_per_s"]), C.fmt(s[c]["cold"]["cpu_s"]),
+              C.fmt(s[c]["cold"]["peak_rss_mb"]), C.fmt(s[c]["cached"]["wall"]), C.fmt(s[c]["cached"]["cpu_s"]),
+              C.fmt(s[c]["cached"]["peak_rss_mb"]), str(s[c]["rows_out"]),
               str(s[c]["trained_tokens"])] for c in contenders],
         )
         for name, ratio in s.get("ratios", {}).items():
-            print(f"  {name.replace('_over_', ' / ')} rows/s: cold {ratio['cold']:.2f}x, cached {ratio['cached']:.2f}x")
+            print(f"  {name.replace('_over_', ' / ')} rows/s: cold {ratio['cold']:.2f}x, cached {ratio['cached']:.2f}x; "
+                  f"CPU seconds, cold: {ratio['cold_cpu']:.2f}x fewer")
         print()
     load_after = os.getloadavg()
     print(f"load average before {load_before}, after {load_after}")
