@@ -283,8 +283,9 @@ def info_report(cfg: TunerConfig, device_memory: str | None) -> str:
     import torch
 
     if not torch.cuda.is_available() and not device_memory:
-        notes.append("on CPU, glibc malloc keeps freed blocks in its heap, so RSS can exceed the plan by up to a third; "
-                     "MALLOC_MMAP_THRESHOLD_=131072 makes RSS follow the tensors")
+        notes.append("on CPU, tuner train sets glibc's mmap threshold to 1 MiB, so freed activation blocks go back to the "
+                     "system and RSS follows the plan (TUNER_MALLOC=off: glibc's own threshold, under which freed blocks "
+                     "stay in the heap and RSS reads well above it; bench/memory_levers.py)")
     out += [f"  note: {n}" for n in notes]
 
     out.append("")
