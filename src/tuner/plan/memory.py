@@ -100,8 +100,9 @@ runtime and step overhead (the two fixed terms)
     CUDA context is of the same order. Measured inside a `tuner train` process
     (bench/memory_levers.py's probe, bench/_memprobe.py; SmolLM2 LoRA, fp32, 8 x 512 packed):
     419 MiB of RSS once torch, transformers, accelerate and datasets are imported (124 MiB of
-    it the libraries' file-backed code), 576 MiB when setup is done, about 96 MiB of which
-    are the first pages of the memory-mapped weights (counted under weights). Step overhead: 48 MiB that a first step adds besides its
+    it the libraries' file-backed code), 576 MiB when setup is done (96 MiB more of it
+    file-backed: pages of the memory-mapped weights, counted under weights, and of the
+    prepared rows, and libraries imported later). Step overhead: 48 MiB that a first step adds besides its
     tensors (oneDNN kernel caches, the autograd graph's own objects, small blocks in malloc's
     arenas): SmolLM2 steps of 16 tokens, where every tensor term is small, measure 40-60 MiB
     of RSS above the tensors, for LoRA and full fine-tuning alike.
