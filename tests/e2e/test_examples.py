@@ -74,3 +74,15 @@ def test_quickstart_then_generate_answers_in_the_trained_format(tmp_path, smol_m
         assert gen.returncode == 0, gen.stderr[-2000:]
         answer = gen.stdout.strip().splitlines()[0]
         assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", answer), (row["input"], gen.stdout)
+
+
+def test_a_prompt_dataset_says_what_trains(tmp_path, monkeypatch, smol_model_dir):
+    """rl: grpo prepares prompts only: the summary says their completions train, not "0 trained"."""
+    from tuner.data.pipeline import describe
+
+    monkeypatch.chdir(REPO)
+    cfg = load_config(REPO / "examples" / "grpo.yml", ["--dataset_prepared_path", str(tmp_path / "prepared")])
+    base = resolve_base(cfg.model)
+    prepared = prepare(cfg, load_tokenizer(cfg.model, base), tokenizer_files(cfg.model, base))
+    total = describe(prepared.stats)[-1]
+    assert "prompts only" in total and "0 trained" not in total, total

@@ -89,7 +89,9 @@ def describe(stats: dict[str, Any]) -> list[str]:
         lines += describe_mixture(stats["mixture"])
     if stats.get("also_in_train"):
         duplicates += f" ({stats['also_in_train']} rows that are also training rows dropped)"
-    lines.append(f"  total: {stats['rows']} rows{duplicates}, {stats['tokens']:,} tokens, {stats['trained_tokens']:,} trained")
+    trained = ("prompts only: their completions are sampled and trained during training" if stats.get("prompts_only")
+               else f"{stats['trained_tokens']:,} trained")
+    lines.append(f"  total: {stats['rows']} rows{duplicates}, {stats['tokens']:,} tokens, {trained}")
     return lines
 
 
@@ -367,7 +369,8 @@ def _totals(rows: Dataset, kind: RowKind) -> dict[str, int]:
         labels = table.column(c)
         firsts = pc.list_element(labels.filter(pc.greater(pc.list_value_length(labels), 0)), 0)
         trained += total(pc.not_equal(pc.list_flatten(labels), IGNORE)) - total(pc.not_equal(firsts, IGNORE))
-    return {"rows": rows.num_rows, "tokens": tokens, "trained_tokens": trained}
+    totals = {"rows": rows.num_rows, "tokens": tokens, "trained_tokens": trained}
+    return {**totals, "prompts_only": True} if kind is PROMPT else totals  # GRPO: completions are sampled
 
 
 def split_eval(rows: Dataset, val_set_size: float, seed: int) -> tuple[Dataset, Dataset | None]:
