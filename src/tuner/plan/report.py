@@ -10,7 +10,8 @@ from typing import Any
 from tuner.config.schema import TunerConfig
 from tuner.errors import UserError
 from tuner.plan.facts import ModelFacts, count_parameters, describe_model, fmt_bytes, parse_size
-from tuner.plan.memory import GRPOPlan, MemoryPlan, PlanLine, grpo_plan, plan_memory, resolve_precision
+from tuner.plan.memory import (GRPOPlan, MemoryPlan, PlanLine, grpo_plan, mapped_source_bytes, plan_memory,
+                               resolve_precision)
 
 
 # --------------------------------------------------------------------------- device
@@ -209,7 +210,8 @@ def info_report(cfg: TunerConfig, device_memory: str | None) -> str:
     params = count_parameters(cfg, facts)
     precision, precision_note = resolve_precision(cfg)
     grpo = grpo_plan(cfg, params, precision) if cfg.objective == "grpo" else None
-    plan = grpo.train if grpo else plan_memory(cfg, params, precision)
+    plan = grpo.train if grpo else plan_memory(cfg, params, precision,
+                                               mapped_source=mapped_source_bytes(cfg, facts, params))
     t, d = cfg.training, cfg.data
 
     out = ["model"]
