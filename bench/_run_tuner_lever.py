@@ -39,9 +39,6 @@ def main() -> int:
     ap.add_argument("--set", action="append", default=[], metavar="MODULE.NAME=INT")
     ap.add_argument("--probe", default=None, help="write bench/_memprobe.py's readings here (JSON)")
     args = ap.parse_args()
-    from tuner.train.hugepages import prefer_huge_pages
-
-    prefer_huge_pages()  # as `tuner train` does before torch is imported (the imports below come after it there too)
     probe = None
     if args.probe:
         sys.path.insert(0, str(Path(__file__).resolve().parent))

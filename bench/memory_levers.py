@@ -20,10 +20,10 @@ Contenders, each in its own process (`python bench/_run_tuner_lever.py CONFIG`, 
   malloc_128k     TUNER_MALLOC=131072: mmap threshold 128 KiB (glibc's starting value, fixed)
   malloc_4m       TUNER_MALLOC=4194304: 4 MiB (malloc_16m: 16 MiB)
   malloc_trim     TUNER_MALLOC=trim: glibc's own thresholds, malloc_trim(0) after every forward
-  thp_off         THP_MEM_ALLOC_ENABLE=0: torch's buffers in 4 KiB pages (tuner.train.hugepages off)
+  thp_on          THP_MEM_ALLOC_ENABLE=1: torch's buffers of 2 MiB and more in transparent huge pages
   recompute_off   TUNER_SELECTIVE_RECOMPUTE=0: every activation kept for backward
   chunk_2048      loss chunks of 2,048 positions (tuner's earlier fixed size) instead of 256 MiB of logits
-  all_off         the three levers off together (TUNER_MALLOC=off also leaves huge pages off): tuner before issue 22
+  all_off         the three levers off together: tuner before issue 22
   trl_unpacked    TRL 1.16 SFTTrainer, unpacked batches of 8 rows, the epoch's 30 steps (bench/_run_trl.py)
 
 Per run: the whole-process peak RSS as the kernel counts it (`/usr/bin/time -f %M`, the
@@ -64,7 +64,7 @@ CONTENDERS = {
     "malloc_4m": ({"TUNER_MALLOC": "4194304"}, []),
     "malloc_16m": ({"TUNER_MALLOC": "16777216"}, []),
     "malloc_trim": ({"TUNER_MALLOC": "trim"}, []),
-    "thp_off": ({"THP_MEM_ALLOC_ENABLE": "0"}, []),
+    "thp_on": ({"THP_MEM_ALLOC_ENABLE": "1"}, []),
     "recompute_off": ({"TUNER_SELECTIVE_RECOMPUTE": "0"}, []),
     "chunk_2048": ({}, [f"tuner.train.loss.LOSS_CHUNK_BYTES={12 * 49152 * 2048}"]),
     "all_off": ({"TUNER_MALLOC": "off", "TUNER_SELECTIVE_RECOMPUTE": "0"},

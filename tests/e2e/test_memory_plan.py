@@ -23,8 +23,7 @@ Two comparisons, each within 25%:
 
 The processes run with tuner's own allocator settings (tuner.train.setup.tune_malloc: a fixed
 1 MiB mmap threshold, so freed activation blocks go back to the system and RSS follows what
-the tensors hold; tuner.train.hugepages: torch's large buffers in transparent huge pages) and
-nothing set in the environment.
+the tensors hold) and nothing set in the environment.
 
 `python tests/e2e/test_memory_plan.py` prints the table for all six cases.
 """
@@ -88,7 +87,7 @@ def write_case(folder: Path, method: str, gc: bool) -> Path:
 def measure(config: Path) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TUNER_LOG_LEVEL="WARNING", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "TUNER_MALLOC",
-                "THP_MEM_ALLOC_ENABLE"):
+                "THP_MEM_ALLOC_ENABLE"):  # THP: torch's huge-pages switch, not tuner's default
         env.pop(key, None)  # tuner's own allocator settings
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--measure", str(config)], env=env, capture_output=True,
@@ -172,9 +171,6 @@ def _measure_main(config: str) -> None:
     import gc
     import threading
 
-    from tuner.train.hugepages import prefer_huge_pages
-
-    prefer_huge_pages()  # as `tuner train` does, before torch is imported
     import psutil
     import torch
 

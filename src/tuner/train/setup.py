@@ -187,9 +187,10 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 
 def tune_malloc() -> int | None:
     """glibc's malloc: a fixed mmap threshold, so that the large blocks of activations a step
-    frees go back to the system at once (bench/memory_levers.py measures it). Its companion,
-    huge pages for those fresh mappings, has to be set before torch's first allocation
-    (tuner.train.hugepages, called by the CLI before torch is imported).
+    frees go back to the system at once (bench/memory_levers.py measures it). Huge pages for
+    those fresh mappings (torch's THP_MEM_ALLOC_ENABLE=1, set before torch is imported) cut the
+    page faults about 5x but did not make the steps faster (bench/memory_levers.py, thp_on),
+    so they are not set.
 
     By default glibc raises its mmap threshold each time a mapped block is freed (up to 32 MiB
     on 64-bit), after which blocks of that size come from the heap, and the heap keeps freed
