@@ -300,9 +300,20 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def print_table(headers: list[str], rows: list[list[str]], out: Any = sys.stdout) -> None:
+def table_text(headers: list[str], rows: list[list[str]]) -> str:
+    """Rows of strings as aligned columns under their headers (and a rule)."""
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)), file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)), file=out)
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows])
+
+
+def print_table(headers: list[str], rows: list[list[str]], out: Any = sys.stdout) -> None:
+    print(table_text(headers, rows), file=out)
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, for the record beside a measurement."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -130,7 +129,7 @@ def main() -> None:
     tuner_py, bench_py = C.python_of(a.tuner_venv), C.python_of(a.bench_venv)
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    load_before = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_before = C.load_average()
     model_dir = C.base_folder(tuner_py, env)
 
     runs: dict[str, list[dict]] = {c: [] for c in CONTENDERS}
@@ -167,17 +166,15 @@ def main() -> None:
             "peak_rss_above_start_mb")
     med = {c: {k: statistics.median(r[k] for r in runs[c]) for k in keys} for c in CONTENDERS}
     ratios = {k: med["tuner_grpo"][k] / med["trl_grpo"][k] for k in keys}
-    load_after = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    load_after = C.load_average()
     headers = ["contender", "steps/s", "tokens/s", "completion tok/s", "s/step", "peak RSS MB", "above start MB"]
     table = [[c, *(C.fmt(med[c][k]) for k in keys)] for c in CONTENDERS] + [["tuner / TRL",
                                                                             *(C.fmt(ratios[k]) for k in keys)]]
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
-    lines = [f"GRPO, SmolLM2-135M-Instruct + LoRA r16 (all linear), 2 prompts x 8 generations per step, "
-             f"max_completion_length 32, fp32, 2 threads; {a.steps} steps, first {a.skip} not measured; "
-             f"median of {a.repeats}",
+    lines = [(f"GRPO, SmolLM2-135M-Instruct + LoRA r16 (all linear), 2 prompts x 8 generations per step, "
+              f"max_completion_length 32, fp32, 2 threads; {a.steps} steps, first {a.skip} not measured; "
+              f"median of {a.repeats}"),
              f"load average (1, 5, 15 min) before: {load_before}; after: {load_after} (2 cores, shared machine)", "",
-             "  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in table]
+             C.table_text(headers, table)]
     text = "\n".join(lines)
     print("\n" + text)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -101,13 +100,6 @@ seed: {a.seed}
     )
 
 
-def load() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:
-        return "n/a"
-
-
 def summarise(result: dict, trace: C.RssTrace, skip: int) -> dict:
     steps = result["steps"][skip:]
     seconds = sum(s["duration"] for s in steps)
@@ -149,7 +141,7 @@ def main() -> None:
     tuner_py, bench_py = C.python_of(a.tuner_venv), C.python_of(a.bench_venv)
     work = Path(a.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    load_before = load()
+    load_before = C.load_average()
     model_dir = C.base_folder(tuner_py, env)
     data = work / f"pairs_{a.pairs}_seed{a.seed}.jsonl"
     C.write_jsonl(make_pairs(a.pairs, a.seed), data)
@@ -199,7 +191,7 @@ def main() -> None:
             same = len(steps) == len(plan["steps"]) and all(
                 s["pairs"] == p["pairs"] and s["real"] == p["tokens"] for s, p in zip(steps, plan["steps"]))
             same_tokens[c] = same_tokens.get(c, True) and same
-            summary = summarise(res, trace, a.skip) | {"wall_s": wall, "load_after": load()}
+            summary = summarise(res, trace, a.skip) | {"wall_s": wall, "load_after": C.load_average()}
             for key in ("trl_version", "mixed_precision", "trainable", "threads", "init_seconds"):
                 if key in res:
                     summary[key] = res[key]
@@ -210,7 +202,7 @@ def main() -> None:
     keys = ("pairs_per_s", "tokens_per_s", "seconds_per_step", "peak_rss_above_start_mb", "peak_rss_mb")
     med = {c: {k: statistics.median(r[k] for r in runs[c]) for k in keys} for c in CONTENDERS}
     ratios = {k: med["tuner_dpo"][k] / med["trl_dpo"][k] for k in keys}
-    load_after = load()
+    load_after = C.load_average()
 
     lines = [
         (f"DPO, SmolLM2-135M-Instruct + LoRA r16 (all linear), {a.batch} pairs/step, "
@@ -223,9 +215,7 @@ def main() -> None:
     headers = ["contender", "pairs/s", "tokens/s", "s/step", "peak RSS above start MB", "peak RSS MB"]
     table = [[c, *(C.fmt(med[c][k]) for k in keys)] for c in CONTENDERS]
     table.append(["tuner / TRL", *(C.fmt(ratios[k]) for k in keys)])
-    widths = [max(len(h), *(len(r[i]) for r in table)) for i, h in enumerate(headers)]
-    lines += ["  ".join(h.ljust(w) for h, w in zip(headers, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(x.ljust(w) for x, w in zip(r, widths)) for r in table]
+    lines.append(C.table_text(headers, table))
     text = "\n".join(lines)
     print("\n" + text)
 
