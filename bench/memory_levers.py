@@ -15,8 +15,11 @@ sample_packing, fp32 (or bf16: --precision), fused AdamW, one epoch (--epoch) or
 
 Contenders, each in its own process (`python bench/_run_tuner_lever.py CONFIG`, which is
 `tuner train CONFIG`), alternated over the repetitions:
-  tuner           tuner's defaults
-  malloc_off      TUNER_MALLOC=off: glibc's own malloc settings (dynamic mmap threshold)
+  tuner           tuner's defaults (glibc's own malloc settings while memory is plentiful:
+                  tuner.train.malloc)
+  malloc_on       TUNER_MALLOC=on: the 1 MiB mmap threshold from the start (what tuner sets
+                  when memory is short; tuner's default before the memory guard)
+  malloc_off      TUNER_MALLOC=off: glibc's own malloc settings (dynamic mmap threshold) throughout
   malloc_128k     TUNER_MALLOC=131072: mmap threshold 128 KiB (glibc's starting value, fixed)
   malloc_4m       TUNER_MALLOC=4194304: 4 MiB (malloc_16m: 16 MiB)
   malloc_trim     TUNER_MALLOC=trim: glibc's own thresholds, malloc_trim(0) after every forward
@@ -59,6 +62,7 @@ import _common as C  # noqa: E402
 ROWS, BATCH, SEQ = 240, 8, 512
 CONTENDERS = {
     "tuner": ({}, []),
+    "malloc_on": ({"TUNER_MALLOC": "on"}, []),
     "malloc_off": ({"TUNER_MALLOC": "off"}, []),
     "malloc_128k": ({"TUNER_MALLOC": "131072"}, []),
     "malloc_4m": ({"TUNER_MALLOC": "4194304"}, []),
@@ -71,7 +75,7 @@ CONTENDERS = {
                 [f"tuner.train.loss.LOSS_CHUNK_BYTES={12 * 49152 * 2048}"]),
     "trl_unpacked": ({}, []),
 }
-DEFAULT = "tuner,malloc_off,malloc_128k,malloc_4m,recompute_off,chunk_2048,all_off"
+DEFAULT = "tuner,malloc_on,malloc_off,malloc_128k,malloc_4m,recompute_off,chunk_2048,all_off"
 
 
 def write_config(path: Path, data: Path, work: Path, out_dir: Path, a: argparse.Namespace, packed: bool) -> None:

@@ -21,9 +21,9 @@ Two comparisons, each within 25%:
   * the whole process: measured peak RSS (everything: Python, the libraries, data, weights,
     the step) against the plan's total.
 
-The processes run with tuner's own allocator settings (tuner.train.setup.tune_malloc: a fixed
-1 MiB mmap threshold, so freed activation blocks go back to the system and RSS follows what
-the tensors hold) and nothing set in the environment.
+The processes run with the allocator setting tuner applies when memory is short
+(TUNER_MALLOC=on, tuner.train.malloc: a fixed 1 MiB mmap threshold, so freed activation blocks
+go back to the system and RSS follows what the tensors hold) and no other malloc setting.
 
 `python tests/e2e/test_memory_plan.py` prints the table for all six cases.
 """
@@ -88,7 +88,8 @@ def measure(config: Path) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TUNER_LOG_LEVEL="WARNING", OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for key in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES", "TUNER_MALLOC",
                 "THP_MEM_ALLOC_ENABLE"):  # THP: torch's huge-pages switch, not tuner's default
-        env.pop(key, None)  # tuner's own allocator settings
+        env.pop(key, None)
+    env["TUNER_MALLOC"] = "on"  # the fixed mmap threshold tuner sets when memory is short: RSS follows the tensors
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, __file__, "--measure", str(config)], env=env, capture_output=True,
                           text=True, timeout=600)

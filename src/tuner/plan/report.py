@@ -285,9 +285,9 @@ def info_report(cfg: TunerConfig, device_memory: str | None) -> str:
     import torch
 
     if not torch.cuda.is_available() and not device_memory:
-        notes.append("on CPU, tuner train sets glibc's mmap threshold to 1 MiB, so freed activation blocks go back to the "
-                     "system and RSS follows the plan (TUNER_MALLOC=off: glibc's own threshold, under which freed blocks "
-                     "stay in the heap and RSS reads well above it; bench/memory_levers.py)")
+        notes.append("on CPU, while memory is plentiful glibc keeps freed activation blocks in its heap for reuse (faster; "
+                     "RSS can read up to about twice the plan); once less than a quarter of memory is available, tuner "
+                     "train fixes glibc's mmap threshold at 1 MiB and RSS follows the plan (tuner/train/malloc.py)")
     out += [f"  note: {n}" for n in notes]
 
     out.append("")

@@ -5,9 +5,7 @@ resume -> the wrapped module. The loop (tuner.train.loop) receives the result as
 
 from __future__ import annotations
 
-import ctypes
 import logging
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +21,7 @@ from tuner.models.adapter import apply_adapter
 from tuner.models.inputs import Inputs, load_inputs
 from tuner.models.heads import Head, checkpoint_labels, parts
 from tuner.models.load import bnb_config, decoder_layers, load_model, model_config, stored_dtype
+from tuner.train import malloc
 from tuner.train.checkpoint import TrainerState, load_checkpoint, prepare_output_dir, restore_stream_position
 from tuner.train.distributed import accelerator_kwargs, check_world_size
 from tuner.train.loss import selective_recompute, uses_selective_recompute
@@ -81,7 +80,7 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
 
     t = cfg.training
     accelerator = Accelerator(**accelerator_kwargs(t, mixed_precision(t)))
-    tune_malloc()
+    malloc_mode = malloc.start()
     check_world_size(accelerator)
     set_seed(t.seed)
     if (note := apply_tf32(t)) and accelerator.is_main_process:
@@ -117,8 +116,8 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
             log.info("resuming from %s at step %d of %d", resume_from, state.step, plan.total_steps)
 
     module = objective.wrap(model)
-    if os.environ.get(MALLOC_ENV, "").strip().lower() == "trim":
-        trim_after_forward(module)
+    if accelerator.device.type == "cpu":
+        malloc.watch(module, malloc_mode)
     if t.torch_compile:
         compiled = compile_decoder_layers(model)
         if accelerator.is_main_process:
@@ -178,56 +177,6 @@ def build_model(cfg: TunerConfig, inputs: Inputs, precision: str, head: Head | N
     if uses_selective_recompute(cfg):
         selective_recompute(model)
     return model
-
-
-MALLOC_ENV = "TUNER_MALLOC"  # "off": glibc's own settings; a byte count: that mmap threshold (for measurements)
-MMAP_THRESHOLD = 1 << 20  # allocations from 1 MiB up get their own mapping, returned to the system when freed
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
-
-
-def tune_malloc() -> int | None:
-    """glibc's malloc: a fixed mmap threshold, so that the large blocks of activations a step
-    frees go back to the system at once (bench/memory_levers.py measures it). Huge pages for
-    those fresh mappings (torch's THP_MEM_ALLOC_ENABLE=1, set before torch is imported) cut the
-    page faults about 5x but did not make the steps faster (bench/memory_levers.py, thp_on),
-    so they are not set.
-
-    By default glibc raises its mmap threshold each time a mapped block is freed (up to 32 MiB
-    on 64-bit), after which blocks of that size come from the heap, and the heap keeps freed
-    memory it cannot trim from its top: the process's RSS then grows above what its tensors
-    hold. Setting the threshold (mallopt M_MMAP_THRESHOLD; the trim threshold with it) turns
-    that adjustment off. Applied only on glibc, and not when the process has its own malloc
-    settings (MALLOC_*_ environment variables or GLIBC_TUNABLES). Returns the threshold set."""
-    wanted = os.environ.get(MALLOC_ENV, "").strip().lower()
-    if wanted in ("0", "off", "no", "false", "glibc", "trim"):
-        return None
-    user = [k for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_") if k in os.environ]
-    if user or "glibc.malloc" in os.environ.get("GLIBC_TUNABLES", "") or not _glibc():
-        return None
-    threshold = int(wanted) if wanted.isdigit() else MMAP_THRESHOLD
-    try:
-        libc = ctypes.CDLL(None)
-        ok = libc.mallopt(_M_MMAP_THRESHOLD, threshold) and libc.mallopt(_M_TRIM_THRESHOLD, 2 * threshold)
-    except (OSError, AttributeError):
-        return None
-    return threshold if ok else None
-
-
-def trim_after_forward(module: Any) -> None:
-    """TUNER_MALLOC=trim (measured in bench/memory_levers.py, not a default): glibc's own
-    thresholds, and after every forward of the module `malloc_trim(0)` hands the free pages
-    inside the heap back to the system before backward starts."""
-    if not _glibc():
-        return
-    libc = ctypes.CDLL(None)
-    module.register_forward_hook(lambda mod, args, output: libc.malloc_trim(0))
-
-
-def _glibc() -> bool:
-    try:
-        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
-    except (ValueError, OSError, AttributeError):
-        return False
 
 
 def enable_checkpointing(model: Any, kwargs: dict[str, Any]) -> None:
