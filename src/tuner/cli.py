@@ -57,19 +57,19 @@ def _quiet_libraries() -> None:
     hf_logging.set_verbosity_error()
 
 
-def _prepare(cfg):
+def _prepare(cfg, read_config: bool = True):
     """(prepared data, tokenizer) for a config: the data stage, without model weights."""
     from tuner.data.pipeline import prepare
     from tuner.models.inputs import load_inputs
 
-    inputs = load_inputs(cfg)
+    inputs = load_inputs(cfg, read_config=read_config)
     return prepare(cfg, inputs.tokenizer, inputs.tokenizer_files), inputs.tokenizer
 
 
 def cmd_preprocess(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = _config(args, overrides)
     _quiet_libraries()
-    print(_prepare(cfg)[0].summary())
+    print(_prepare(cfg, read_config=False)[0].summary())
     return 0
 
 

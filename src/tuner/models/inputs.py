@@ -22,9 +22,11 @@ class Inputs:
     tokenizer_files: list[Path]  # hashed into the prepared data's fingerprint
 
 
-def load_inputs(cfg: TunerConfig, weights: bool = True) -> Inputs:
-    """`weights=False`: a hub model's weight files are not fetched (for `tuner info`)."""
-    base = resolve_base(cfg.model, weights)
+def load_inputs(cfg: TunerConfig, weights: bool = True, read_config: bool = True) -> Inputs:
+    """`weights=False`: a hub model's weight files are not fetched (for `tuner info`).
+    `read_config=False`: the model's config is not read (transformers' config classes import torch);
+    for `tuner preprocess`, whose data stage needs the tokenizer only."""
+    base = resolve_base(cfg.model, weights, read_config)
     tokenizer, new_ids = load_tokenizer_and_new_ids(cfg.model, base)
     check_added_tokens(cfg.adapter, new_ids)
     return Inputs(base, tokenizer, new_ids, tokenizer_files(cfg.model, base))

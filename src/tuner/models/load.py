@@ -108,12 +108,21 @@ def _looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or os.sep in text and Path(text).expanduser().parent.exists() or text.endswith(".gguf")
 
 
-def resolve_base(model: ModelBlock, weights: bool = True) -> BaseModelSource:
+def resolve_base(model: ModelBlock, weights: bool = True, read_config: bool = True) -> BaseModelSource:
     """Where the base model is, as a plain HF folder; its config is read (not its weights)
     so that a model tuner cannot load fails here, before any data is prepared.
-    `weights=False`: a hub model's snapshot without its weight files (what `tuner info` reads)."""
+    `weights=False`: a hub model's snapshot without its weight files (what `tuner info` reads).
+    `read_config=False` (`tuner preprocess`): config.json is only checked to be readable
+    JSON, since transformers' config classes import torch; training reads it in full."""
     source = _locate_base(model, weights)
-    model_config(model, source)
+    if read_config:
+        model_config(model, source)
+    elif not model.base_model_config:
+        where = source.path / "config.json"
+        try:
+            json.loads(where.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise UserError(f"base_model: cannot read the model config from {where}: {_brief(err)}") from None
     return source
 
 
@@ -277,6 +286,25 @@ def _from_pretrained(cls: Any, path: Path, model: ModelBlock, what: str) -> PreT
     return tokenizer
 
 
+# Classes AutoTokenizer picks by the name in tokenizer_config.json and loads as they are; loaded
+# directly, they spare the data stage AutoTokenizer's module, which imports torch (transformers 5).
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
+def _generic_tokenizer_class(path: Path, model: ModelBlock) -> Any | None:
+    """The class tokenizer_config.json names when it is a generic fast tokenizer, else None (AutoTokenizer)."""
+    if model.tokenizer_type or model.trust_remote_code or not (path / "tokenizer.json").is_file():
+        return None
+    try:
+        conf = json.loads((path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    name = conf.get("tokenizer_class") if isinstance(conf, dict) else None
+    if name not in GENERIC_TOKENIZERS or "auto_map" in conf:
+        return None
+    return resolve.get_class(name)
+
+
 def _takes_legacy(tokenizer: Any) -> bool:
     """Whether the tokenizer's class has transformers' `legacy` option (LlamaTokenizer, T5Tokenizer, ...)."""
     import inspect
@@ -299,7 +327,7 @@ def load_tokenizer_and_new_ids(model: ModelBlock, base: BaseModelSource) -> tupl
     path = tokenizer_path(model, base)
     if model.tokenizer_use_mistral_common:  # validation refused added tokens and tokenizer_type with it
         return mistral_common.load(path), []
-    cls = resolve.tokenizer_class(model)
+    cls = _generic_tokenizer_class(path, model) or resolve.tokenizer_class(model)
     key = "tokenizer_type" if model.tokenizer_type else "base_model"
     tokenizer = _from_pretrained(cls, path, model, key)
     if model.tokenizer_type and model.tokenizer_type != resolve.AUTO_TOKENIZER:
