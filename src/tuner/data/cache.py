@@ -13,6 +13,9 @@ import hashlib
 import json
 import logging
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -128,3 +131,18 @@ def save(root: Path, fp: str, rows: Dataset, meta: dict[str, Any]) -> Path:
         rows.save_to_disk(str(tmp / ROWS))
         (tmp / META).write_text(json.dumps({**meta, "fingerprint": fp}, indent=2, sort_keys=True))
     return root / fp
+
+
+@contextmanager
+def scratch(root: Path, fp: str) -> Iterator[Path]:
+    """A folder beside the prepared one that holds the tokenized rows while they are made (written to
+    disk as they come, so that preparing needs little memory however large the data), removed once
+    they are saved. Used under `lock`, so what a killed run left for this fingerprint is removed first."""
+    root.mkdir(parents=True, exist_ok=True)
+    for stale in root.glob(f".{fp}.scratch-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f".{fp}.scratch-", dir=root))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -208,7 +208,10 @@ def _tokenize_batch(batch: dict[str, list[Any]], *, ds: DatasetConfig, src: RawS
     return out
 
 
-BATCH_ROWS = 1000  # raw rows per batched call into the fast tokenizer
+BATCH_ROWS = 1000  # raw rows per batched call into the fast tokenizer,
+BATCH_BYTES = 4 << 20  # and at most about this much raw data: long documents (the tokenizer's output
+                       # takes some 100 bytes a token until it is turned into Arrow)
+TOTALS_BATCH = 1000  # prepared rows per Arrow batch when counting tokens (rows of up to sequence_len each)
 ROWS_PER_WORKER = 1000  # a source is split among dataset_num_proc workers only with at least this many rows each
 _JOB: tuple[Any, ...] | None = None  # what forked workers encode: set before they fork, read by _encode_job
 
@@ -228,65 +231,104 @@ def _schema(ds: DatasetConfig) -> Any:
     ).arrow_schema
 
 
-def _encode_range(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, start: int, stop: int) -> Any:
-    """Raw rows [start, stop) tokenized, as one Arrow table (_tokenize_batch's columns)."""
+STATUS_COLUMNS = ("status", "truncated", "problem", ROW, PIECE)  # what each raw row became (kept or why not)
+
+
+def _encode_range(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, start: int, stop: int,
+                  out: Path) -> Any:
+    """Raw rows [start, stop) tokenized. The kept rows are written to the Arrow stream file `out` one
+    batch at a time, so that no more than a batch of tokens is ever in memory however large the source;
+    what every raw row became (STATUS_COLUMNS, a few bytes a row) is returned as one Arrow table."""
     import pyarrow as pa
+    import pyarrow.compute as pc
+    from datasets import Features
 
     schema = _schema(ds)
-    tables = [pa.Table.from_pydict(_tokenize_batch(raw[at:min(at + BATCH_ROWS, stop)], ds=ds, src=src, enc=enc),
-                                   schema=schema) for at in range(start, stop, BATCH_ROWS)]
-    return pa.concat_tables(tables) if tables else schema.empty_table()
+    kept_schema = Features(ROW_KINDS[get_format(ds).rows].features()).arrow_schema
+    statuses = []
+    with pa.OSFile(str(out), "wb") as sink, pa.ipc.new_stream(sink, kept_schema) as writer:
+        for at, end in _batches(raw, start, stop):
+            table = pa.Table.from_pydict(_tokenize_batch(raw[at:end], ds=ds, src=src, enc=enc), schema=schema)
+            writer.write_table(table.filter(pc.equal(table.column("status"), KEPT)).select(kept_schema.names)
+                               .replace_schema_metadata(kept_schema.metadata))
+            statuses.append(table.select(STATUS_COLUMNS))
+    return pa.concat_tables(statuses) if statuses else schema.empty_table().select(STATUS_COLUMNS)
 
 
-def _encode_job(bounds: tuple[int, int]) -> Any:
+def _batches(raw: Dataset, start: int, stop: int) -> Any:
+    """Row ranges [a, b) that cover [start, stop), each of at most BATCH_ROWS rows and BATCH_BYTES of
+    raw data (one row, however large, at the least)."""
+    at = start
+    while at < stop:
+        end = min(at + BATCH_ROWS, stop)
+        while end - at > 1 and (size := raw.with_format("arrow")[at:end].nbytes) > BATCH_BYTES:
+            end = at + max(1, (end - at) * BATCH_BYTES // size)  # fewer rows, until they fit
+        yield at, end
+        at = end
+
+
+def _encode_job(job: tuple[int, int, Path]) -> Any:
     assert _JOB is not None
-    return _encode_range(*_JOB, *bounds)
+    return _encode_range(*_JOB, *job)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: a container's or taskset's share)."""
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def workers_for(rows: int, num_proc: int | None) -> int:
-    """How many processes tokenize a source of `rows` rows: `dataset_num_proc` (default one), fewer when
-    a worker would get under ROWS_PER_WORKER rows (starting it would cost more than it saves)."""
-    return max(1, min(num_proc or 1, rows // ROWS_PER_WORKER))
+    """How many processes tokenize a source of `rows` rows: `dataset_num_proc` (default: the usable
+    cores, as Axolotl's os.cpu_count()), fewer when a worker would get under ROWS_PER_WORKER rows
+    (starting it would cost more than it saves)."""
+    return max(1, min(num_proc or usable_cores(), rows // ROWS_PER_WORKER))
 
 
-def _encode_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, num_proc: int | None) -> Any:
-    """Every raw row tokenized (one Arrow table, in row order): in this process, or in
-    `dataset_num_proc` forked workers, each taking contiguous ranges of rows in turn."""
+def _encode_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, num_proc: int | None,
+                   scratch: Path) -> tuple[Dataset, Any]:
+    """Every raw row tokenized, in this process or in `dataset_num_proc` forked workers, each taking
+    contiguous ranges of rows in turn: (the kept rows, memory-mapped from Arrow files in `scratch`, in
+    row order; the status of every raw row, one Arrow table)."""
     import multiprocessing
     import os
 
     import pyarrow as pa
+    from datasets import Dataset, concatenate_datasets
 
     global _JOB
     n, workers = raw.num_rows, workers_for(raw.num_rows, num_proc)
+    step = n if workers == 1 else max(BATCH_ROWS, math.ceil(n / (4 * workers)))  # a few ranges per worker
+    jobs = [(at, min(at + step, n), scratch / f"rows-{at:012d}.arrow") for at in range(0, max(n, 1), max(step, 1))]
     if workers == 1:
-        return _encode_range(raw, ds, src, enc, 0, n)
-    step = max(BATCH_ROWS, math.ceil(n / (4 * workers)))  # a few ranges per worker, so none waits long for another
-    bounds = [(at, min(at + step, n)) for at in range(0, n, step)]
-    # Workers tokenize; the fast tokenizer's own thread pool would only compete with them (and it
-    # must not have run before a fork), so it is switched off, as the tokenizers library asks.
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    _JOB = (raw, ds, src, enc)
-    try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:  # forked: nothing to pickle but results
-            tables = pool.map(_encode_job, bounds, chunksize=1)
-    finally:
-        _JOB = None
-    return pa.concat_tables(tables)
+        statuses = [_encode_range(raw, ds, src, enc, *job) for job in jobs]
+    else:
+        # Workers tokenize; the fast tokenizer's own thread pool would only compete with them (and it
+        # must not have run before a fork), so it is switched off, as the tokenizers library asks.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        _JOB = (raw, ds, src, enc)
+        try:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:  # forked: nothing to pickle but statuses
+                statuses = pool.map(_encode_job, jobs, chunksize=1)
+        finally:
+            _JOB = None
+    parts = [Dataset.from_file(str(out)) for _, _, out in jobs]  # memory-mapped, not read into memory
+    kept = concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return kept, pa.concat_tables(statuses)
 
 
-def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, num_proc: int | None) -> tuple[Dataset, dict[str, Any]]:
+def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder, num_proc: int | None,
+                     scratch: Path) -> tuple[Dataset, dict[str, Any]]:
     import numpy as np
     import pyarrow as pa
     import pyarrow.compute as pc
-    from datasets import Dataset
 
     log.info("tokenizing %s (%d rows, %d processes)", src.label, raw.num_rows, workers_for(raw.num_rows, num_proc))
-    mapped = _encode_source(raw, ds, src, enc, num_proc)
+    kept, mapped = _encode_source(raw, ds, src, enc, num_proc, scratch)
     status = mapped.column("status").to_numpy()
     row_numbers = mapped.column(ROW).to_numpy()
     piece = mapped.column(PIECE).to_numpy()
-    kept = Dataset(mapped.filter(pa.array(status == KEPT)).drop_columns(["status", "truncated", "problem", ROW, PIECE]))
     invalid_idx = np.flatnonzero(status == INVALID)
     problems = mapped.column("problem").take(pa.array(invalid_idx[:SHOWN_ROWS])).to_pylist() if len(invalid_idx) else []
     invalid = src.invalid + [(int(row_numbers[i]), p) for i, p in zip(invalid_idx[:SHOWN_ROWS], problems)]
@@ -312,16 +354,19 @@ def _tokenize_source(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encod
 
 
 def _build(entries: list[tuple[DatasetConfig, RawSource, Dataset]], enc: Encoder, num_proc: int | None,
-           kind: RowKind, deduplicate: bool = False, mixture: MixSettings | None = None,
+           kind: RowKind, scratch: Path, deduplicate: bool = False, mixture: MixSettings | None = None,
            ) -> tuple[Dataset, dict[str, Any]]:
-    """Tokenize every source; then drop exact duplicates (dataset_exact_deduplication) and make the
-    mixture (weights, mix_strategy: tuner.data.mixture), both on the concatenated rows."""
+    """Tokenize every source (its rows written to Arrow files under `scratch` as they are made); then
+    drop exact duplicates (dataset_exact_deduplication) and make the mixture (weights, mix_strategy:
+    tuner.data.mixture), both on the concatenated rows."""
     import numpy as np
     from datasets import concatenate_datasets
 
     parts, sources, owners = [], [], []
-    for ds, src, raw in entries:
-        part, stats = _tokenize_source(raw, ds, src, enc, num_proc)
+    for number, (ds, src, raw) in enumerate(entries):
+        folder = scratch / f"source-{number}"
+        folder.mkdir()
+        part, stats = _tokenize_source(raw, ds, src, enc, num_proc, folder)
         parts.append(part)
         sources.append(stats)
         owners.append(np.full(part.num_rows, src.index, dtype=np.int64))
@@ -358,17 +403,17 @@ def _totals(rows: Dataset, kind: RowKind) -> dict[str, int]:
     rule is labels.trained_count's: a label that is not IGNORE, after each row's first)."""
     import pyarrow.compute as pc
 
-    table = rows.with_format("arrow")[:]  # the rows in order (an index mapping applied)
-
     def total(values: Any) -> int:
         return int(pc.sum(values).as_py() or 0)
 
-    tokens = sum(total(pc.list_value_length(table.column(c))) for c in kind.token_columns)
-    trained = 0
-    for c in kind.label_columns:
-        labels = table.column(c)
-        firsts = pc.list_element(labels.filter(pc.greater(pc.list_value_length(labels), 0)), 0)
-        trained += total(pc.not_equal(pc.list_flatten(labels), IGNORE)) - total(pc.not_equal(firsts, IGNORE))
+    tokens = trained = 0
+    # a batch of rows at a time (in order, an index mapping applied), so that memory stays flat
+    for table in rows.with_format("arrow").iter(batch_size=TOTALS_BATCH):
+        tokens += sum(total(pc.list_value_length(table.column(c))) for c in kind.token_columns)
+        for c in kind.label_columns:
+            labels = table.column(c)
+            firsts = pc.list_element(labels.filter(pc.greater(pc.list_value_length(labels), 0)), 0)
+            trained += total(pc.not_equal(pc.list_flatten(labels), IGNORE)) - total(pc.not_equal(firsts, IGNORE))
     totals = {"rows": rows.num_rows, "tokens": tokens, "trained_tokens": trained}
     return {**totals, "prompts_only": True} if kind is PROMPT else totals  # GRPO: completions are sampled
 
@@ -417,9 +462,10 @@ def _prepared(
             return rows, meta["stats"], fp, True
         log.info("preparing %s into %s", key, root / fp)
         loaded = [(ds, src, data if data is not None else load_source(src, ds, enc.skip_invalid)) for ds, src, data in entries]
-        rows, stats = _build(loaded, enc, cfg.data.dataset_num_proc, row_kind(cfg), cfg.data.dataset_exact_deduplication,
-                             MixSettings.of(cfg) if key == "datasets" else None)
-        cache.save(root, fp, rows, {"inputs": inputs, "stats": stats})
+        with cache.scratch(root, fp) as scratch:
+            rows, stats = _build(loaded, enc, cfg.data.dataset_num_proc, row_kind(cfg), scratch,
+                                 cfg.data.dataset_exact_deduplication, MixSettings.of(cfg) if key == "datasets" else None)
+            cache.save(root, fp, rows, {"inputs": inputs, "stats": stats})
         return cache.load(root, fp)[0], stats, fp, False  # memory-mapped from disk, like a reused dataset
 
 
