@@ -499,7 +499,8 @@ class DataBlock(Block):
         description="Folder for prepared (tokenized) datasets, one subfolder per fingerprint.",
     )
     dataset_num_proc: PositiveInt | None = Field(
-        default=None, description="Processes used to tokenize; default: one."
+        default=None, description="Processes used to tokenize; default: the CPU cores this process may use "
+        "(a source is split only where each process gets at least 1,000 rows)."
     )
     val_set_size: Annotated[float, Field(ge=0)] = Field(
         default=0.0,
