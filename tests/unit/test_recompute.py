@@ -168,3 +168,36 @@ def test_selective_recompute_is_idempotent_on_plain_models(tiny_dir):
     selective_recompute(model)
     selective_recompute(model)
     assert model.is_activation_checkpointing and not getattr(model, "_require_grads_hooks", None)
+
+
+@pytest.mark.parametrize("cache_enabled", [True, False])
+def test_a_second_forward_in_one_autocast_region_recomputes(cache_enabled):
+    """KTO's KL batch runs under no_grad before the policy's forward, in the same autocast region.
+    With autocast's weight-cast cache on, the second forward finds its casts cached, so it runs
+    fewer cast ops than its recomputation in backward, and selective recomputation fails (the
+    control); tuner's Accelerator turns the cache off (accelerator_kwargs), and backward runs."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from tuner.config.schema import TrainingBlock
+    from tuner.train.distributed import accelerator_kwargs
+
+    handlers = accelerator_kwargs(TrainingBlock(learning_rate=1e-4), "bf16")["kwargs_handlers"]
+    assert [h.cache_enabled for h in handlers] == [False]
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    model = get_peft_model(AutoModelForCausalLM.from_config(config), LoraConfig(r=4, target_modules="all-linear"))
+    model.train()
+    assert selective_recompute(model)
+    ids = torch.randint(0, 100, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache_enabled):
+        with torch.no_grad():
+            model(input_ids=ids, use_cache=False)
+        loss = model(input_ids=ids, use_cache=False).logits.float().mean()
+    if cache_enabled:
+        with pytest.raises(RuntimeError, match="not found in storage"):
+            loss.backward()
+    else:
+        loss.backward()
+        assert all(p.grad is not None for n, p in model.named_parameters() if "lora_" in n)

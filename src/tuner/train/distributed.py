@@ -97,7 +97,14 @@ def accelerator_kwargs(t: TrainingBlock, mixed_precision: str) -> dict[str, Any]
             "quietly run plain DDP, and DeepSpeed cannot start. Remove it to train with DDP "
             "(`tuner train --num-processes N`), or run on a GPU host."
         )
-    kwargs: dict[str, Any] = {"mixed_precision": mixed_precision, "cpu": not cuda}
+    from accelerate.utils import AutocastKwargs
+
+    # autocast's cache of cast weights is off: with it, a forward that reuses a cast made by an
+    # earlier forward in the same autocast region (KTO's KL batch under no_grad, then the policy's)
+    # runs fewer cast ops than its recomputation in backward, which selective recomputation refuses
+    # ("_to_copy invocation index N ... not found in storage"). Each use casts afresh instead.
+    kwargs: dict[str, Any] = {"mixed_precision": mixed_precision, "cpu": not cuda,
+                              "kwargs_handlers": [AutocastKwargs(cache_enabled=False)]}
     if t.fsdp:
         kwargs["fsdp_plugin"] = fsdp_plugin(t, mixed_precision)
     if t.deepspeed is not None:
