@@ -208,9 +208,9 @@ def _tokenize_batch(batch: dict[str, list[Any]], *, ds: DatasetConfig, src: RawS
     return out
 
 
-BATCH_ROWS = 1000  # raw rows per batched call into the fast tokenizer,
-BATCH_BYTES = 4 << 20  # and at most about this much raw data: long documents (the tokenizer's output
-                       # takes some 100 bytes a token until it is turned into Arrow)
+BATCH_ROWS = 1000  # raw rows per batched call into the fast tokenizer, at most
+BATCH_BYTES = 4 << 20  # bytes of raw data per call: long documents (the tokenizer's output takes some
+                       # 100 bytes a token until it is turned into Arrow)
 TOTALS_BATCH = 1000  # prepared rows per Arrow batch when counting tokens (rows of up to sequence_len each)
 ROWS_PER_WORKER = 1000  # a source is split among dataset_num_proc workers only with at least this many rows each
 _JOB: tuple[Any, ...] | None = None  # what forked workers encode: set before they fork, read by _encode_job
@@ -258,10 +258,10 @@ def _encode_range(raw: Dataset, ds: DatasetConfig, src: RawSource, enc: Encoder,
 def _batches(raw: Dataset, start: int, stop: int) -> Any:
     """Row ranges [a, b) that cover [start, stop), each of at most BATCH_ROWS rows and BATCH_BYTES of
     raw data (one row, however large, at the least)."""
-    at = start
+    arrow, at = raw.with_format("arrow"), start
     while at < stop:
         end = min(at + BATCH_ROWS, stop)
-        while end - at > 1 and (size := raw.with_format("arrow")[at:end].nbytes) > BATCH_BYTES:
+        while end - at > 1 and (size := arrow[at:end].nbytes) > BATCH_BYTES:
             end = at + max(1, (end - at) * BATCH_BYTES // size)  # fewer rows, until they fit
         yield at, end
         at = end
