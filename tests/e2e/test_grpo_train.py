@@ -139,6 +139,53 @@ def test_sigkill_then_resume_is_exact(tmp_path, base):
     assert samples(tmp_path / "killed") == samples(tmp_path / "ref")  # the same completions, each step once
 
 
+def test_num_iterations_trains_each_rollout_twice_and_resumes_inside_one(tmp_path, base):
+    """num_iterations 2: steps 1 and 2 train on one rollout (same rewards and lengths, sampled once: no
+    generation time, one set of samples), the second against the first's log-probs, so its ratios
+    leave 1. A run SIGKILLed after step 4 and resumed from the checkpoint of step 3 (inside a rollout's
+    two steps: the kept batch comes from the checkpoint) ends with the uninterrupted run's weights."""
+    extra = dict(max_steps=6, save_steps=1, learning_rate=2e-2,
+                 trl={**values(tmp_path, base)["trl"], "num_iterations": 2})
+    ref = write_config(tmp_path / "ref.yml", **values(tmp_path, base, "ref", **extra))
+    done = subprocess.run(tuner_cmd("train", str(ref)), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    steps = {m["step"]: m for m in read_metrics(tmp_path / "ref") if "loss" in m}
+    assert sorted(steps) == [1, 2, 3, 4, 5, 6]
+    for first in (1, 3, 5):
+        a, b = steps[first], steps[first + 1]
+        for key in ("reward", "rewards/length/mean", "completions/mean_length", "advantages/std"):
+            assert a[key] == pytest.approx(b[key], abs=1e-9), key
+        assert a["generation_seconds"] > 0 and b["generation_seconds"] == 0
+        assert a["clip_ratio/region_mean"] == 0  # the first update of a rollout: ratio 1
+    assert max(steps[s]["clip_ratio/region_mean"] for s in (2, 4, 6)) > 0  # the second: clipped somewhere
+    assert steps[1]["reward"] != steps[3]["reward"] or steps[1]["completions/mean_length"] != steps[3]["completions/mean_length"]
+    samples = [json.loads(x) for x in (tmp_path / "ref" / "samples.jsonl").read_text().splitlines()]
+    assert {s["step"] for s in samples} == {1, 3, 5}
+
+    cfg = write_config(tmp_path / "killed.yml", **values(tmp_path, base, "killed", **extra))
+    proc = subprocess.Popen(tuner_cmd("train", str(cfg)), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_for_step(proc, tmp_path / "killed", 4)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    step3 = tmp_path / "killed" / "checkpoints" / "step-000003"
+    assert (step3 / "objective-0.safetensors").is_file()
+    resumed = subprocess.run(tuner_cmd("train", str(cfg), "--resume_from_checkpoint", str(step3)),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    a = load_weights(tmp_path / "killed" / "adapter_model.safetensors")
+    b = load_weights(tmp_path / "ref" / "adapter_model.safetensors")
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-6
+    killed = {m["step"]: m["loss"] for m in read_metrics(tmp_path / "killed") if "loss" in m}
+    assert [killed[s] for s in range(1, 7)] == pytest.approx([steps[s]["loss"] for s in range(1, 7)], abs=1e-6)
+    samples_of = lambda out: [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples_of(tmp_path / "killed") == samples_of(tmp_path / "ref")
+
+    (step3 / "objective-0.safetensors").unlink()  # a checkpoint inside a rollout without its batch
+    refused = subprocess.run(tuner_cmd("train", str(cfg), "--resume_from_checkpoint", str(step3)),
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "does not hold the batch sampled at step 3" in refused.stderr
+
+
 @pytest.mark.parametrize("body, message", [
     ("def length(prompts, completions, **kw):\n    raise ValueError('boom')\n",
      "reward function my_rewards.length raised ValueError: boom"),

@@ -51,7 +51,7 @@ def test_defaults_are_trl_1_16s(tmp_path):
     ({"trl": {"use_vllm": True}}, "use_vllm: true: generation with vLLM is not supported yet"),
     ({"trl": {"vllm_server_port": 8001}}, "trl.vllm_server_port"),
     ({"trl": {"sync_ref_model": True}}, "not supported yet: reference-model syncing"),
-    ({"trl": {"num_iterations": 2}}, "num_iterations: 2: several updates per generation batch are not supported yet"),
+    ({"trl": {"num_iterations": 0}}, "trl.num_iterations"),
     ({"trl": {"reward_funcs": []}}, "rl: grpo needs reward functions"),
     ({"trl": {"reward_weights": [1.0, 2.0]}}, "2 weight(s) for 1 reward function(s)"),
     ({"trl": {"reward_funcs": ["no_module_path"]}}, "is not a dotted path module.function"),
@@ -200,6 +200,79 @@ def test_plan_counts_prompts(tmp_path):
     obj = objective_with(tmp_path)
     t = obj.plan_training(obj._cfg.training, tokenizer=None)
     assert (t.micro_batch_size, t.gradient_accumulation_steps) == (2, 1)  # 4 x 2 completions / 4 per prompt
+
+
+def test_num_iterations_keeps_the_rollout_for_its_steps_and_checkpoints_it(tmp_path, monkeypatch):
+    """num_iterations 3: steps 0, 3, ... sample; steps 1 and 2 get the same micro-batches back; the kept
+    rollout (with the old log-probs) round-trips through state_dict, and a checkpoint inside a cycle
+    without it is refused."""
+    import contextlib
+
+    import tuner.train.objectives.grpo as grpo_module
+
+    obj = objective_with(tmp_path, num_iterations=3)
+    assert obj.updates_per_rollout == 3 and obj.state_dict() == {}
+    sampled = []
+
+    def fake_sample(module, batches, accelerator, step):
+        sampled.append(step)
+        return [{"input_ids": torch.tensor([[step, 1]]), "attention_mask": torch.ones(1, 2, dtype=torch.long),
+                 "position_ids": torch.tensor([[0, 1]]), "completion_mask": torch.ones(1, 1, dtype=torch.long),
+                 "advantages": torch.tensor([0.5]), "reward": torch.tensor(2.0, dtype=torch.float64)}]
+
+    class Process(OneProcess):
+        autocast = staticmethod(contextlib.nullcontext)
+
+        def unwrap_model(self, module):
+            return module
+
+    obj._sample = fake_sample
+    monkeypatch.setattr(grpo_module, "completion_logps", lambda model, **kw: torch.tensor([[-1.25]]))
+    module = type("Wrapped", (), {"model": None})()
+    first = obj.rollout(module, [], Process(), 0)
+    assert first[0]["old_logps"].tolist() == [[-1.25]]
+    assert obj.rollout(module, [], Process(), 1) is first and obj.rollout(module, [], Process(), 2) is first
+    saved = obj.state_dict()
+    assert int(saved["rollout_step"]) == 0 and saved["0/old_logps"].tolist() == [[-1.25]]
+    again = objective_with(tmp_path, num_iterations=3)
+    again.load_state_dict(saved, 2)
+    as_lists = lambda batches: [{k: v.tolist() for k, v in b.items()} for b in batches]
+    assert as_lists(again._rollout) == as_lists(first)
+    again.load_state_dict({}, 3)  # a checkpoint at a multiple of num_iterations needs none
+    with pytest.raises(UserError, match="does not hold the batch sampled at step 1"):
+        objective_with(tmp_path, num_iterations=3).load_state_dict({}, 1)
+    obj.rollout(module, [], Process(), 3)
+    assert sampled == [0, 3]
+
+
+def test_old_logps_make_the_ratio_and_its_clipping(tmp_path):
+    """With the rollout's log-probs the ratio is exp(logp - old): clipped where it leaves [1 - eps, 1 + eps]
+    in the direction of the advantage (TRL's clip_ratio metrics)."""
+    from tuner.train.objectives.grpo import GRPOLoss
+
+    obj = objective_with(tmp_path, num_iterations=2, beta=0.0, loss_type="dapo", epsilon=0.2)
+    logits = torch.zeros(1, 3, 4, requires_grad=True)
+
+    class Model(torch.nn.Module):
+        def forward(self, input_ids, **kw):
+            return type("Out", (), {"logits": logits.expand(input_ids.shape[0], -1, -1)})()
+
+    loss = GRPOLoss.__new__(GRPOLoss)
+    torch.nn.Module.__init__(loss)
+    loss.model, loss.objective, loss.reference = Model(), obj, None
+    batch = {"input_ids": torch.tensor([[0, 1, 2], [0, 3, 2]]), "attention_mask": torch.ones(2, 3, dtype=torch.long),
+             "position_ids": torch.tensor([[0, 1, 2]] * 2), "completion_mask": torch.ones(2, 2, dtype=torch.long),
+             "advantages": torch.tensor([1.0, -1.0])}
+    logp = math.log(0.25)  # uniform over 4 tokens
+    old = torch.tensor([[logp - 0.5, logp], [logp + 0.5, logp]])  # ratios e^0.5 (adv +) and e^-0.5 (adv -)
+    out = loss(**batch, old_logps=old)
+    ratio = torch.exp(torch.tensor([[0.5, 0.0], [-0.5, 0.0]]))
+    clipped = torch.clamp(ratio, 0.8, 1.2)
+    adv = batch["advantages"][:, None]
+    expected = -torch.min(ratio * adv, clipped * adv)
+    assert float(out["loss"].detach()) == pytest.approx(float(expected.sum()), abs=1e-6)
+    assert (float(out["clip/high"]), float(out["clip/low"])) == (1.0, 1.0)
+    assert float(loss(**batch)["loss"].detach()) == pytest.approx(float(-adv.expand(2, 2).sum()), abs=1e-6)  # no old: ratio 1
 
 
 # --------------------------------------------------------------------------- the prompts format

@@ -102,3 +102,19 @@ def test_reward_models_count_their_weights(tmp_path, base):
     assert g.total == max(g.generation_total, g.train.total + g.reward_model_bytes)
     assert g.generation_total == grpo_plan(grpo_cfg(tmp_path, base), p, "no").generation_total + g.reward_model_bytes
     assert f"reward models  {fmt_bytes(g.reward_model_bytes):>11}  rm 307 parameters" in info_report(cfg, "8GiB")
+
+
+@pytest.mark.parametrize("iterations, per_epoch", [(1, 3), (2, 6)])
+def test_grpo_steps_per_epoch_count_num_iterations(tmp_path, base, iterations, per_epoch):
+    """6 prompts, 2 a step (4 x 2 completions / 4 generations): 3 steps an epoch; each rollout trained
+    num_iterations times: that many times the steps."""
+    from tuner.data.pipeline import prepare
+
+    cfg = grpo_cfg(tmp_path, base, micro_batch_size=4, gradient_accumulation_steps=2, max_steps=None, num_epochs=1,
+                   trl={"num_iterations": iterations})
+    facts = describe_model(cfg)
+    prepare(cfg, facts.tokenizer, facts.tokenizer_files)
+    text = info_report(cfg, "8GiB")
+    again = " x num_iterations 2" if iterations == 2 else ""
+    assert f"steps        {per_epoch} per epoch (6 prompts / 2 prompts per step{again}, one process); {per_epoch} in " \
+           "this run" in text, text

@@ -40,3 +40,18 @@ def test_two_processes_split_the_global_batch_of_one():
     assert one.total_steps == two.total_steps
     for (s, _, g1), (_, _, r0), (_, _, r1) in zip(one.steps(0), two.steps(0), two.steps(1)):
         assert [sorted(a) for a in g1] == [sorted(b + c) for b, c in zip(r0, r1)], s
+
+
+def test_repeats_give_each_step_its_units_that_many_times():
+    """GRPO's num_iterations: each group of units serves `repeats` consecutive steps; the epoch has that
+    many times the steps; a resume inside a repeat continues it."""
+    once = plan(10, micro_batch_size=2, gradient_accumulation_steps=2, num_epochs=2)
+    t = TrainingBlock(learning_rate=1e-4, micro_batch_size=2, gradient_accumulation_steps=2, num_epochs=2)
+    thrice = StepPlan.build(10, t, 1, repeats=3)
+    assert thrice.steps_per_epoch == 3 * once.steps_per_epoch and thrice.total_steps == 3 * once.total_steps
+    groups = [g for *_, g in once.steps(rank=0)]
+    full = list(thrice.steps(rank=0))
+    assert [g for *_, g in full] == [g for g in groups for _ in range(3)]
+    assert [e for _, e, _ in full] == [e for _, e, _ in once.steps(rank=0) for _ in range(3)]
+    assert list(thrice.steps(rank=0, start_step=4)) == full[4:]
+    assert list(thrice.steps(rank=0, start_step=10)) == full[10:]  # inside the second epoch

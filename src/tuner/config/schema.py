@@ -847,7 +847,9 @@ class TRLBlock(Block):
         default=None, description="rl: grpo: divide advantages by the rewards' standard deviation within each group "
         "(group or true, the default), over the step's batch (batch), or not (none or false).")
     num_iterations: Annotated[int, Field(ge=1)] | None = Field(
-        default=None, description="rl: grpo: updates per generation batch (mu); only 1 is supported yet.")
+        default=None, description="rl: grpo: optimizer steps per generation batch (mu, default 1): each sampled "
+        "batch trains this many steps in a row, against the log-probs it was sampled with (clipped ratio); an epoch "
+        "has this many times the steps.")
     mask_truncated_completions: bool = Field(
         default=False, description="rl: grpo: completions cut at max_completion_length do not train (DAPO).")
     use_bias_correction_kl: bool | None = Field(
@@ -1442,9 +1444,6 @@ def _grpo_problems(cfg: TunerConfig) -> list[Problem]:
             problems.append(Problem(("trl", "loss_type"), f"{trl.loss_type!r} is not a GRPO loss type; allowed: "
                                                           f"{', '.join(GRPO_LOSS_TYPES)}."
                                                           f"{did_you_mean(trl.loss_type, GRPO_LOSS_TYPES)}"))
-    if trl.num_iterations is not None and trl.num_iterations > 1:
-        problems.append(Problem(("trl", "num_iterations"), f"num_iterations: {trl.num_iterations}: several updates "
-                                                           "per generation batch are not supported yet; use 1."))
     rewards = len(trl.reward_funcs or []) + (trl.reward_model_path is not None)
     if not rewards:
         problems.append(Problem(("trl", "reward_funcs"), "rl: grpo needs reward functions: trl.reward_funcs: "

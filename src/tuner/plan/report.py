@@ -92,15 +92,18 @@ def data_lines(cfg: TunerConfig, facts: ModelFacts) -> list[str]:
     if cfg.objective == "grpo":  # prompts: a step takes micro_batch_size x gradient_accumulation_steps / G of them
         from tuner.train.objectives.grpo import Settings
 
-        per_step = t.micro_batch_size * t.gradient_accumulation_steps // Settings.of(cfg).num_generations
+        s = Settings.of(cfg)
+        per_step = t.micro_batch_size * t.gradient_accumulation_steps // s.num_generations
         plan = StepPlan.build(train.num_rows, t.model_copy(update={"micro_batch_size": per_step,
-                                                                    "gradient_accumulation_steps": 1}), 1)
+                                                                    "gradient_accumulation_steps": 1}), 1,
+                              repeats=s.num_iterations)
         tokens = sum(len(ids) for ids in train["input_ids"])
+        again = f" x num_iterations {s.num_iterations}" if s.num_iterations > 1 else ""
         return [f"prepared     {root / fp}",
                 f"rows         {stats.get('rows', rows.num_rows):,} prompts prepared; {train.num_rows:,} train",
                 f"tokens       {tokens:,} prompt tokens (longest {max(map(len, train['input_ids'])):,})",
                 f"steps        {plan.steps_per_epoch:,} per epoch ({train.num_rows:,} prompts / {per_step} prompts per "
-                f"step, one process); {plan.total_steps:,} in this run"]
+                f"step{again}, one process); {plan.total_steps:,} in this run"]
     if "labels" not in train.column_names:  # pairs (rl:, reward models) or classified texts: one unit per row
         plan = StepPlan.build(train.num_rows, t, 1)
         tokens = sum(len(ids) for c in train.column_names if c.endswith("input_ids") for ids in train[c])

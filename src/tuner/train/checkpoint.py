@@ -6,6 +6,8 @@ Checkpoint layout (`output_dir/checkpoints/step-000040/`):
     scheduler.json          learning-rate schedule state
     rng-<rank>.safetensors  torch RNG states               + rng-<rank>.json (python, numpy)
     data-<rank>.json        a streamed corpus: each process's position in it (tuner.data.stream)
+    objective-<rank>.safetensors  an objective's own state (GRPO with num_iterations > 1: the
+                            sampled batch the next steps train on again)
     checkpoint.json         step, epoch, counters, run settings; written last
 
 Nothing in a checkpoint needs pickle: tensors are safetensors, everything else JSON. A
@@ -80,9 +82,11 @@ class TrainerState:
     best_eval_loss: float | None = None
     skipped_steps: int = 0  # updates skipped for a non-finite loss (nan_policy: skip)
     evals_without_improvement: int = 0  # evaluations since eval_loss last beat its best (early_stopping_patience)
+    repeats: int = 1  # optimizer steps per step's units (GRPO's num_iterations)
 
     # Settings a resumed run must share with the checkpoint, and the counters it takes over.
-    SAME = ("data_fingerprint", "rows", "micro_batch_size", "gradient_accumulation_steps", "world_size", "seed")
+    SAME = ("data_fingerprint", "rows", "micro_batch_size", "gradient_accumulation_steps", "world_size", "seed",
+            "repeats")
     CARRIED = ("step", "trained_tokens", "best_eval_loss", "skipped_steps", "evals_without_improvement")
 
     @classmethod
@@ -90,7 +94,7 @@ class TrainerState:
         """Step 0 of a run with this data and step plan (a tuner.train.step_plan.StepPlan)."""
         return cls(step=0, trained_tokens=0, data_fingerprint=data_fingerprint, rows=plan.rows,
                    micro_batch_size=plan.micro_batch_size, gradient_accumulation_steps=plan.accumulation,
-                   world_size=plan.world_size, seed=plan.seed, total_steps=plan.total_steps)
+                   world_size=plan.world_size, seed=plan.seed, total_steps=plan.total_steps, repeats=plan.repeats)
 
     def continue_from(self, saved: TrainerState, path: Path) -> None:
         """Take over a checkpoint's counters; refuse one made with settings that change the
@@ -249,6 +253,7 @@ def trainable_state(model: Any) -> dict[str, Any]:
 def save_checkpoint(
     out_dir: Path, model: Any, optimizer: Any, scheduler: Any, state: TrainerState, rank: int = 0,
     keep: int | None = None, barrier: Callable[[], Any] | None = None, data_state: dict[str, Any] | None = None,
+    objective_state: dict[str, Any] | None = None,
 ) -> Path:
     """Write a complete checkpoint atomically; keep only the newest `keep` ones.
 
@@ -271,6 +276,8 @@ def save_checkpoint(
         (staging / f"rng-{rank}.json").write_text(json.dumps(rng_plain))
         if data_state is not None:
             (staging / f"data-{rank}.json").write_text(json.dumps(data_state))
+        if objective_state:
+            save_file(objective_state, str(staging / f"objective-{rank}.safetensors"))
         wait()
         if rank == 0:
             save_file(trainable_state(model), str(staging / "trainable.safetensors"))
@@ -356,6 +363,23 @@ def restore_stream_position(batches: Any, path: Path, rank: int, rows_done: int)
         raise UserError(f"resume_from_checkpoint: {path}'s stream position is after {state.get('rows_served')} rows, "
                         f"but its step means {rows_done}; the checkpoint is inconsistent")
     batches.load_state_dict(state)
+
+
+def objective_state(objective: Any) -> dict[str, Any] | None:
+    """An objective's own state for the checkpoint (tensors), if it keeps any between steps."""
+    state_dict = getattr(objective, "state_dict", None)
+    return state_dict() if state_dict is not None else None
+
+
+def restore_objective_state(objective: Any, path: Path, rank: int, step: int) -> None:
+    """Give an objective back the state checkpoint `path` saved for process `rank` (at `step`)."""
+    load_state_dict = getattr(objective, "load_state_dict", None)
+    if load_state_dict is None:
+        return
+    from safetensors.torch import load_file
+
+    file = path / f"objective-{rank}.safetensors"
+    load_state_dict(load_file(str(file)) if file.is_file() else {}, step)
 
 
 # --------------------------------------------------------------------------- final save

@@ -18,7 +18,7 @@ from typing import Any
 
 from tuner.config.schema import TunerConfig
 from tuner.errors import UserError
-from tuner.train.checkpoint import checkpoint_dirs, save_checkpoint, save_final, stream_position
+from tuner.train.checkpoint import checkpoint_dirs, objective_state, save_checkpoint, save_final, stream_position
 from tuner.train.log import LogWindow, RunLog
 from tuner.train.objectives.base import Rollouts
 from tuner.train.report import describe, write_report
@@ -169,7 +169,8 @@ def checkpoint(run: Run, out: RunLog) -> Path:
     acc = run.accelerator
     saved = save_checkpoint(run.out_dir, acc.unwrap_model(run.module).model, run.optimizer, run.scheduler, run.state,
                             rank=acc.process_index, keep=run.cfg.training.save_total_limit,
-                            barrier=acc.wait_for_everyone, data_state=stream_position(run.train_batches))
+                            barrier=acc.wait_for_everyone, data_state=stream_position(run.train_batches),
+                            objective_state=objective_state(run.objective))
     out.write({"step": run.state.step, "event": "checkpoint", "checkpoint": str(saved),
                "save_seconds": time.perf_counter() - started})
     return saved

@@ -22,7 +22,13 @@ from tuner.models.inputs import Inputs, load_inputs
 from tuner.models.heads import Head, checkpoint_labels, parts
 from tuner.models.load import bnb_config, decoder_layers, load_model, model_config, stored_dtype
 from tuner.train import malloc
-from tuner.train.checkpoint import TrainerState, load_checkpoint, prepare_output_dir, restore_stream_position
+from tuner.train.checkpoint import (
+    TrainerState,
+    load_checkpoint,
+    prepare_output_dir,
+    restore_objective_state,
+    restore_stream_position,
+)
 from tuner.train.distributed import accelerator_kwargs, check_world_size
 from tuner.train.loss import selective_recompute, uses_selective_recompute
 from tuner.train.objectives import Objective, objective_for
@@ -102,8 +108,11 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
             data.eval = precompute_reference(cfg, model, data.eval, pad, accelerator)
     train_batches = objective.batches(data.train, cfg, pad, evaluation=False)
     eval_batches = None if data.eval is None else objective.batches(data.eval, cfg, pad, evaluation=True)
-    plan_t = objective.plan_training(t, inputs.tokenizer) if isinstance(objective, Rollouts) else t  # GRPO: prompts
-    plan = StepPlan.build(train_batches.units, plan_t, accelerator.num_processes, cfg.data.shuffle_merged_datasets)
+    plan_t, repeats = t, 1
+    if isinstance(objective, Rollouts):  # GRPO: units are prompts; each rollout trains num_iterations steps
+        plan_t, repeats = objective.plan_training(t, inputs.tokenizer), objective.updates_per_rollout
+    plan = StepPlan.build(train_batches.units, plan_t, accelerator.num_processes, cfg.data.shuffle_merged_datasets,
+                          repeats)
     optimizer = build_optimizer(model.parameters(), t)
     scheduler = build_scheduler(optimizer, t, plan.total_steps)
     state = TrainerState.new(data.fingerprint, plan)
@@ -112,6 +121,7 @@ def setup(cfg: TunerConfig, hooks: Hooks) -> Run:
                             resume_from)
         restore_stream_position(train_batches, resume_from, accelerator.process_index, state.step * t.micro_batch_size
                                 * t.gradient_accumulation_steps)
+        restore_objective_state(objective, resume_from, accelerator.process_index, state.step)
         if accelerator.is_main_process:
             log.info("resuming from %s at step %d of %d", resume_from, state.step, plan.total_steps)
 

@@ -17,6 +17,10 @@ class StepPlan:
     `micro_batch_size * world_size` consecutive units (rows, or packed bins) of that order;
     process `rank` takes its slice. With several processes the order is padded by wrapping
     around, so every process runs the same number of micro-batches.
+
+    `repeats` (GRPO's `num_iterations`): each step's units serve that many consecutive
+    optimizer steps (a rollout objective trains on the same sampled batch again), so an epoch
+    has that many times the steps, as in TRL, whose sampler repeats each generation batch.
     """
 
     rows: int
@@ -26,6 +30,7 @@ class StepPlan:
     total_steps: int
     seed: int
     shuffle: bool = True
+    repeats: int = 1
 
     @property
     def micro_batches_per_epoch(self) -> int:
@@ -33,13 +38,14 @@ class StepPlan:
 
     @property
     def steps_per_epoch(self) -> int:
-        return math.ceil(self.micro_batches_per_epoch / self.accumulation)
+        return math.ceil(self.micro_batches_per_epoch / self.accumulation) * self.repeats
 
     @classmethod
-    def build(cls, rows: int, t: TrainingBlock, world_size: int, shuffle: bool = True) -> StepPlan:
-        probe = cls(rows, t.micro_batch_size, t.gradient_accumulation_steps, world_size, 0, t.seed)
+    def build(cls, rows: int, t: TrainingBlock, world_size: int, shuffle: bool = True, repeats: int = 1) -> StepPlan:
+        probe = cls(rows, t.micro_batch_size, t.gradient_accumulation_steps, world_size, 0, t.seed, repeats=repeats)
         total = t.max_steps if t.max_steps is not None else math.ceil((t.num_epochs or 1) * probe.steps_per_epoch)
-        return cls(rows, t.micro_batch_size, t.gradient_accumulation_steps, world_size, max(1, total), t.seed, shuffle)
+        return cls(rows, t.micro_batch_size, t.gradient_accumulation_steps, world_size, max(1, total), t.seed, shuffle,
+                   repeats)
 
     def epoch_order(self, epoch: int) -> list[int]:
         order = shuffled_order(self.rows, self.seed + epoch) if self.shuffle else list(range(self.rows))
@@ -58,7 +64,7 @@ class StepPlan:
             globals_ = [order[i : i + per_global] for i in range(0, len(order), per_global)]
             mine = [g[rank * self.micro_batch_size : (rank + 1) * self.micro_batch_size] for g in globals_]
             groups = [mine[i : i + self.accumulation] for i in range(0, len(mine), self.accumulation)]
-            for group in groups[skip:]:
+            for group in [g for g in groups for _ in range(self.repeats)][skip:]:
                 if step >= self.total_steps:
                     return
                 yield step, epoch, group

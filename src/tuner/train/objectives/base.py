@@ -69,7 +69,11 @@ class Rollouts(Protocol):
     prompts; before each optimizer step the loop hands it the step's prompt batches and trains
     on the micro-batches it returns (the accumulation, normalisation and the rest unchanged).
     Its counts include `sequence_tokens` (the tokens its training forward processes): the
-    step's tokens for tokens/s."""
+    step's tokens for tokens/s. `updates_per_rollout` optimizer steps train on each rollout (the
+    plan hands them the same prompts); an objective that keeps a rollout between steps has
+    `state_dict()` / `load_state_dict(tensors, step)` for checkpoints (tuner.train.checkpoint)."""
+
+    updates_per_rollout: int
 
     def plan_training(self, t: TrainingBlock, tokenizer: Any) -> TrainingBlock:
         """The step plan's view of training: how many units (prompts) a step takes, as

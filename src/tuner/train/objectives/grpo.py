@@ -14,9 +14,14 @@ Each optimizer step, on each process:
   3. the completions become `gradient_accumulation_steps` micro-batches of micro_batch_size,
      each trained with use_cache=False on exactly the sampled tokens (prompt + completion,
      position ids from the attention mask, as generation used them).
+  4. `num_iterations` k > 1 (TRL's mu): the rollout's micro-batches train k optimizer steps in a
+     row (the step plan gives those steps the same prompts); the policy's log-probs of the
+     completions at rollout time (no gradient, the same forward as training) are kept with them
+     as the old policy's, and the rollout is saved in checkpoints taken inside the k steps, so a
+     resumed run trains on the batch the uninterrupted one did.
 
 The loss of a micro-batch, per completion token t (logits divided by the temperature, as TRL):
-    ratio_t = exp(logp_t - logp_t.detach())            (num_iterations 1: the old policy is this one)
+    ratio_t = exp(logp_t - old_t)   old_t: the rollout's log-probs (num_iterations 1: logp_t.detach(), ratio 1)
     loss_t  = -min(ratio_t * A, clip(ratio_t, 1 - epsilon, 1 + epsilon_high) * A) + beta * kl_t
     kl_t    = exp(ref_t - logp_t) - (ref_t - logp_t) - 1  (k3; ref: adapter disabled, or a frozen copy),
               times ratio_t (`use_bias_correction_kl`, TRL 1.16's default: same value, unbiased gradient)
@@ -71,6 +76,7 @@ class Settings:
     mask_truncated: bool
     bias_corrected_kl: bool
     samples: int
+    num_iterations: int
 
     @classmethod
     def of(cls, cfg: TunerConfig) -> Settings:
@@ -84,7 +90,7 @@ class Settings:
                    trl.top_k or 0, trl.min_p, 1.0 if trl.repetition_penalty is None else trl.repetition_penalty,
                    p.beta, eps, eps if trl.epsilon_high is None else trl.epsilon_high, trl.loss_type or "dapo",
                    str(scale), trl.mask_truncated_completions, trl.use_bias_correction_kl is not False,
-                   trl.num_completions_to_print or 4)
+                   trl.num_completions_to_print or 4, trl.num_iterations or 1)
 
 
 class Prompts:
@@ -142,13 +148,14 @@ class GRPOLoss(torch.nn.Module):
                 return completion_logps(self.model, **inputs, completion_len=completion_len, temperature=temperature)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
-                completion_mask: torch.Tensor, advantages: torch.Tensor, **stats: torch.Tensor) -> dict[str, torch.Tensor]:
+                completion_mask: torch.Tensor, advantages: torch.Tensor, old_logps: torch.Tensor | None = None,
+                **stats: torch.Tensor) -> dict[str, torch.Tensor]:
         s = self.objective.s
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         length = completion_mask.shape[1]
         logps = completion_logps(self.model, **inputs, completion_len=length, temperature=s.temperature)
         mask = completion_mask.to(logps.dtype)
-        ratio = torch.exp(logps - logps.detach())
+        ratio = torch.exp(logps - (logps.detach() if old_logps is None else old_logps.to(logps.dtype)))
         adv = advantages.to(logps.dtype)[:, None]
         per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - s.epsilon_low, 1 + s.epsilon_high) * adv)
         kl = torch.zeros_like(logps)
@@ -198,6 +205,10 @@ class GRPO:
         self._samples: list[dict[str, Any]] = []
         self._first_step: int | None = None  # the step this process started from (samples after it are dropped)
         self._trimmed = False
+        self.updates_per_rollout = self.s.num_iterations
+        self._rollout: list[dict[str, torch.Tensor]] = []  # num_iterations > 1: the batch the next steps reuse
+        self._rollout_step = -1  # the step that sampled it
+        self._rollout_longest = 0  # its longest completion on any process
 
     # ------------------------------------------------------------------ what the loop asks of an objective
 
@@ -229,7 +240,57 @@ class GRPO:
 
     def rollout(self, module: Any, batches: list[dict[str, torch.Tensor]], accelerator: Any,
                 step: int) -> list[dict[str, torch.Tensor]]:
-        """The step's prompts -> its training micro-batches (see the module docstring)."""
+        """The step's prompts -> its training micro-batches (see the module docstring): sampled at
+        every num_iterations-th step, the kept ones in between."""
+        if self._first_step is None:
+            self._first_step = step
+        k = self.s.num_iterations
+        if step % k:
+            assert self._rollout_step == step - step % k, (self._rollout_step, step)
+            self._since_report["max_length"] = max(self._since_report["max_length"], self._rollout_longest)
+            return self._rollout
+        out = self._sample(module, batches, accelerator, step)
+        if k > 1:  # the old policy's log-probs, kept with the batch for the steps that train on it again
+            started = time.perf_counter()
+            model = accelerator.unwrap_model(module).model
+            with torch.no_grad(), accelerator.autocast():
+                for batch in out:
+                    inputs = {n: batch[n].to(accelerator.device) for n in ("input_ids", "attention_mask", "position_ids")}
+                    batch["old_logps"] = completion_logps(model, **inputs, completion_len=batch["completion_mask"].shape[1],
+                                                          temperature=self.s.temperature).float().cpu()
+            self._since_report["generation_seconds"] += time.perf_counter() - started  # the rollout's time
+            self._rollout, self._rollout_step = out, step
+        return out
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The kept rollout, for a checkpoint taken between its num_iterations steps (else nothing)."""
+        if self.s.num_iterations == 1 or not self._rollout:
+            return {}
+        out = {"rollout_step": torch.tensor(self._rollout_step), "longest": torch.tensor(self._rollout_longest)}
+        for i, batch in enumerate(self._rollout):
+            out.update({f"{i}/{name}": value.contiguous().clone() for name, value in batch.items()})
+        return out
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], step: int) -> None:
+        """Take back the rollout a checkpoint at `step` kept; one is needed inside a num_iterations cycle."""
+        k = self.s.num_iterations
+        if step % k == 0:
+            return
+        sampled = step - step % k
+        if "rollout_step" not in tensors or int(tensors["rollout_step"]) != sampled:
+            from tuner.errors import UserError
+
+            raise UserError(f"resume_from_checkpoint: the checkpoint of step {step} does not hold the batch sampled at "
+                            f"step {sampled + 1}, which trl.num_iterations: {k} trains on again; it was not saved by "
+                            "this run's settings. Resume from a checkpoint at a multiple of num_iterations.")
+        count = 1 + max(int(name.split("/")[0]) for name in tensors if "/" in name)
+        self._rollout = [{name.split("/", 1)[1]: value for name, value in tensors.items() if name.startswith(f"{i}/")}
+                         for i in range(count)]
+        self._rollout_step, self._rollout_longest = sampled, int(tensors["longest"])
+
+    def _sample(self, module: Any, batches: list[dict[str, torch.Tensor]], accelerator: Any,
+                step: int) -> list[dict[str, torch.Tensor]]:
+        """Generate, score and batch the step's completions."""
         assert self.prompts is not None and self.tokenizer is not None
         started = time.perf_counter()
         model = accelerator.unwrap_model(module).model
@@ -258,8 +319,6 @@ class GRPO:
         if accelerator.num_processes > 1:  # the longest completion of the step on any process
             longest = accelerator.gather(longest.to(accelerator.device))
         self._since_report["max_length"] = max(self._since_report["max_length"], int(longest.max()))
-        if self._first_step is None:
-            self._first_step = step
         self._samples = [{"step": step + 1, "prompt": prompts[i], "completion": texts[i],
                           "rewards": {f.short: _number(per_func[i, k]) for k, f in enumerate(self.funcs)},
                           "reward": _number(rewards[i]), "advantage": float(advantages[i])}
@@ -273,6 +332,7 @@ class GRPO:
             out.append(_micro_batch(full_ids[part], full_mask[part], prompt_ids.shape[1], completion_mask[part],
                                     advantages[part]))
         out[0].update(stats)  # the step's rollout statistics travel (and are summed) with its first micro-batch
+        self._rollout_longest = int(longest.max())
         return out
 
     def _eos_ids(self, model: Any) -> list[int]:
