@@ -17,10 +17,11 @@ Contenders, each in its own process (`python bench/_run_tuner_lever.py CONFIG`, 
 `tuner train CONFIG`), alternated over the repetitions:
   tuner           tuner's defaults (glibc's own malloc settings while memory is plentiful:
                   tuner.train.malloc)
-  malloc_on       TUNER_MALLOC=on: the 1 MiB mmap threshold from the start (what tuner sets
-                  when memory is short; tuner's default before the memory guard)
+  malloc_on       TUNER_MALLOC=on: the fixed mmap threshold (256 KiB) from the start (what tuner sets
+                  when memory is short)
   malloc_off      TUNER_MALLOC=off: glibc's own malloc settings (dynamic mmap threshold) throughout
   malloc_128k     TUNER_MALLOC=131072: mmap threshold 128 KiB (glibc's starting value, fixed)
+  malloc_256k     TUNER_MALLOC=262144: 256 KiB (malloc_1m: 1 MiB, malloc_on's threshold before 256 KiB)
   malloc_4m       TUNER_MALLOC=4194304: 4 MiB (malloc_16m: 16 MiB)
   malloc_trim     TUNER_MALLOC=trim: glibc's own thresholds, malloc_trim(0) after every forward
   thp_on          THP_MEM_ALLOC_ENABLE=1: torch's buffers of 2 MiB and more in transparent huge pages
@@ -65,6 +66,8 @@ CONTENDERS = {
     "malloc_on": ({"TUNER_MALLOC": "on"}, []),
     "malloc_off": ({"TUNER_MALLOC": "off"}, []),
     "malloc_128k": ({"TUNER_MALLOC": "131072"}, []),
+    "malloc_256k": ({"TUNER_MALLOC": "262144"}, []),
+    "malloc_1m": ({"TUNER_MALLOC": "1048576"}, []),
     "malloc_4m": ({"TUNER_MALLOC": "4194304"}, []),
     "malloc_16m": ({"TUNER_MALLOC": "16777216"}, []),
     "malloc_trim": ({"TUNER_MALLOC": "trim"}, []),

@@ -139,6 +139,21 @@ def test_qlora_counts_as_lora_with_4bit_weight_bytes(tmp_path, tiny_dir):
     assert plan_lora.weights == 2 * p_lora.base_total + 4 * p_lora.adapter_params
 
 
+@pytest.mark.parametrize("bf16, mapped", [(False, True), (True, False)])
+def test_a_kbit_load_keeps_the_file_mapped_only_in_its_stored_dtype(tmp_path, tiny_dir, bf16, mapped):
+    """The tiny checkpoint is fp32. Loaded in 4 bit in fp32, the unquantized weights view the file, so the
+    pages of the quantized ones stay resident (their stored size); in bf16 every tensor is a cast copy."""
+    from tuner.plan.memory import mapped_source_bytes
+
+    cfg = tiny_cfg(tmp_path, tiny_dir, adapter="qlora", load_in_4bit=True, lora_target_linear=True, bf16=bf16)
+    facts = describe_model(cfg)
+    assert facts.stored is not None and facts.stored.main_dtype == "float32"
+    p = count_parameters(cfg, facts)
+    assert mapped_source_bytes(cfg, facts, p) == (4 * p.linear_weights if mapped else 0)
+    lora = tiny_cfg(tmp_path, tiny_dir, adapter="lora", lora_target_linear=True, bf16=False)
+    assert mapped_source_bytes(lora, facts, count_parameters(lora, facts)) == 0  # not quantized: no second copy
+
+
 # --------------------------------------------------------------------------- activations
 
 

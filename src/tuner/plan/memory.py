@@ -113,9 +113,9 @@ with the whole process's peak RSS (plan.total), each within 25%. Not modelled: s
 / DeepSpeed divide weights, gradients and optimizer state over processes), torch.compile,
 mixture-of-experts routing (experts count as dense layers), CUDA kernels' own choices (the
 formulas follow torch's CPU kernels), and allocator overhead. On CPU the plan is what RSS
-follows once glibc's mmap threshold is fixed at 1 MiB (tuner.train.malloc, which tuner does
+follows once glibc's mmap threshold is fixed (at 256 KiB: tuner.train.malloc, which tuner does
 when memory is short, and TUNER_MALLOC=on always): freed activation blocks go back to the
-system; at the peak of the LoRA step above, glibc's heap held 19 MiB of free chunks next to
+system; at the peak of the LoRA step above (a 1 MiB threshold then, fp32), glibc's heap held 19 MiB of free chunks next to
 3,264 MiB of tensors in their own mappings, and this plan's total (4.36 GiB) was 1.01x the
 whole process's peak RSS (4,406 MiB). With glibc's default (a threshold that grows to 32 MiB),
 tuner's default while memory is plentiful, freed blocks stay in the heap and are reused: the
@@ -640,18 +640,25 @@ def resolve_precision(cfg: TunerConfig) -> tuple[str, str | None]:
 
 
 def mapped_source_bytes(cfg: TunerConfig, facts: ModelFacts, p: ParamFacts) -> int:
-    """A QLoRA / 8-bit load on CPU from a float checkpoint: transformers memory-maps the
-    safetensors file and bitsandbytes reads every linear weight from it to quantize it, while
-    the weights it leaves unquantized (embeddings, norms) stay views of the mapping; so the
-    file stays mapped and the pages of the quantized weights stay resident (RSS), at their
-    stored size. Measured after loading SmolLM2-135M (fp32 file) in 4 bit: 502 MiB of
-    file-backed RSS, 94 MiB of anonymous memory for the quantized model. On CUDA the weights
-    live on the device (0 here)."""
+    """A QLoRA / 8-bit load on CPU from a float checkpoint in the dtype it is loaded in (the
+    compute dtype: fp32 without mixed precision): transformers memory-maps the safetensors file
+    and bitsandbytes reads every linear weight from it to quantize it, while the weights it
+    leaves unquantized (embeddings, norms) stay views of the mapping; so the file stays mapped
+    and the pages of the quantized weights stay resident (RSS), at their stored size. Measured
+    after loading SmolLM2-135M (fp32 file) in 4 bit, fp32: 502 MiB of file-backed RSS, 94 MiB of
+    anonymous memory for the quantized model. Loaded in another dtype (bf16 from that fp32 file)
+    every tensor is a cast copy and the mapping goes: measured on the same load, RSS after
+    loading 708 MiB in bf16 against 1,019 in fp32, and 418 MiB less once the weights are paged
+    in (2026-12-02, tests/e2e/test_memory_plan.py's probe). On CUDA the weights live on the
+    device (0 here)."""
     import torch
 
     a = cfg.adapter
     stored = facts.stored
     if not (a.load_in_4bit or a.load_in_8bit) or torch.cuda.is_available() or stored is None or not stored.files:
+        return 0
+    loaded = {"bf16": "bfloat16", "fp16": "float16"}.get(resolve_precision(cfg)[0], "float32")
+    if stored.main_dtype != loaded:  # cast copies: nothing keeps the file mapped
         return 0
     size = {"float32": 4, "bfloat16": 2, "float16": 2}.get(stored.main_dtype or "")
     return p.linear_weights * size if size else 0  # a checkpoint stored quantized: not read at full size

@@ -290,7 +290,7 @@ def info_report(cfg: TunerConfig, device_memory: str | None) -> str:
     if not torch.cuda.is_available() and not device_memory:
         notes.append("on CPU, while memory is plentiful glibc keeps freed activation blocks in its heap for reuse (faster; "
                      "RSS can read up to about twice the plan); once less than a quarter of memory is available, tuner "
-                     "train fixes glibc's mmap threshold at 1 MiB and RSS follows the plan (tuner/train/malloc.py)")
+                     "train fixes glibc's mmap threshold at 256 KiB and RSS follows the plan (tuner/train/malloc.py)")
     out += [f"  note: {n}" for n in notes]
 
     out.append("")

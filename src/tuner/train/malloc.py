@@ -5,8 +5,8 @@ in one of two ways. glibc's default raises its mmap threshold each time a mapped
 freed (up to 32 MiB on 64-bit), so blocks of that size then come from the heap, are reused
 without touching the kernel, and stay in the heap when freed: the process's RSS grows above
 what its tensors hold. A fixed threshold (mallopt M_MMAP_THRESHOLD, the trim threshold with
-it) gives each block of 1 MiB and more its own mapping, returned to the system at once, so RSS
-follows the tensors; every such block is then faulted in and zeroed again by the kernel.
+it) gives each block of 256 KiB and more its own mapping, returned to the system at once, so
+RSS follows the tensors; every such block is then faulted in and zeroed again by the kernel.
 
 Measured (bench/memory_levers.py, SmolLM2-135M LoRA, 8 x 512 packed, fp32, quiet machine;
 bench/results/memory_levers_each.txt): glibc's default ran 113 tokens/s at a peak RSS of
@@ -19,8 +19,16 @@ pages at once. From then on RSS follows the tensors (tuner info's plan). Huge pa
 fresh mappings (torch's THP_MEM_ALLOC_ENABLE=1) cut the page faults about 5x but did not make
 the steps faster (bench/memory_levers.py, thp_on), so they are not set.
 
+Why 256 KiB (it was 1 MiB): in bf16 a small micro-batch's activations fall below 1 MiB (4 x 128
+tokens x 576 x 2 B = 576 KiB for SmolLM2), so with a 1 MiB threshold they came from the heap
+and its freed chunks stayed resident between the kept ones: a SmolLM2 LoRA step of that size
+measured 675-690 MiB above the loaded model against 532-536 with 256 KiB (the plan: 512), 11-13
+s against 14 s for its two steps (tests/e2e/test_memory_plan.py's probe, 2026-12-02, AVX512-BF16
+CPU). At issue 22's size (8 x 512, bf16) the two thresholds measure the same: 2,654 against
+2,637 MiB, 101 against 111 tokens/s (bench/results/memory_levers_threshold_bf16.txt).
+
 `TUNER_MALLOC` (for measurements): unset or "auto": the guard; "off": glibc's own settings
-throughout; "on" or a byte count: that threshold (1 MiB for "on") from the start; "trim":
+throughout; "on" or a byte count: that threshold (256 KiB for "on") from the start; "trim":
 glibc's own thresholds and `malloc_trim(0)` after every forward. Nothing is changed when the
 process has its own malloc settings (MALLOC_*_ environment variables or GLIBC_TUNABLES), or
 the C library is not glibc.
@@ -37,7 +45,7 @@ from typing import Any
 log = logging.getLogger("tuner")
 
 MALLOC_ENV = "TUNER_MALLOC"
-MMAP_THRESHOLD = 1 << 20  # blocks from 1 MiB up get their own mapping, returned to the system when freed
+MMAP_THRESHOLD = 256 << 10  # blocks from 256 KiB up get their own mapping, returned to the system when freed
 SHORT_SHARE = 0.25  # memory is short when less than this share of it is available
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt parameters (malloc.h)
 _OFF = ("0", "off", "no", "false", "glibc")
@@ -93,7 +101,7 @@ class MallocGuard:
         self.fixed = True
         if fix_mmap_threshold():
             ctypes.CDLL(None).malloc_trim(0)
-            log.warning("memory is short (%.1f of %.1f GiB available): freed blocks of 1 MiB and more now go back to "
+            log.warning("memory is short (%.1f of %.1f GiB available): freed blocks of 256 KiB and more now go back to "
                         "the system at once (glibc's mmap threshold fixed), slower on CPU but RSS follows the tensors; "
                         "see tuner/train/malloc.py", available / 2**30, total / 2**30)
 
